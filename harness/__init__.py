@@ -1,0 +1,4 @@
+"""QEMU/virtio-net full-system test harness for the Linux packet path."""
+from .util import HarnessError
+
+__all__ = ["HarnessError"]

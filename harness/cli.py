@@ -1,0 +1,41 @@
+"""`harness` command line: kernel fetch, and the lab tools built on the same objects."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .util import HarnessError
+
+
+def cmd_kernel_fetch(args):
+    from .kernel import fetch_default
+    kernel = fetch_default()
+    print(f"default kernel: {kernel}")
+
+
+def cmd_kernel_show(args):
+    from .kernel import Kernel
+    kernel = Kernel.from_path(args.kernel) if args.kernel else Kernel.default()
+    print(f"release: {kernel.release}\nimage: {kernel.image}\n"
+          f"config: {kernel.config_path}\nmodules: {kernel.modules_dir}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="harness")
+    sub = parser.add_subparsers(dest="command", required=True)
+    kernel = sub.add_parser("kernel", help="the guest kernel").add_subparsers(dest="what", required=True)
+    kernel.add_parser("fetch", help="fetch the default kernel into the cache").set_defaults(fn=cmd_kernel_fetch)
+    show = kernel.add_parser("show", help="describe a kernel")
+    show.add_argument("kernel", nargs="?")
+    show.set_defaults(fn=cmd_kernel_show)
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+    except HarnessError as e:
+        print(f"harness: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""A guest's two channels, host side.
+
+``ConsoleLog``: the kernel console (serial 0).  Every byte goes to a log file;
+lines are scanned for splats as they arrive.
+
+``AgentChannel``: the command channel (virtio-serial port, guest agent in
+images/guest/agent.c).  Exact exit codes and bytes, several jobs at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+from .splat import Splat, SplatScanner, is_panic
+from .util import HarnessError
+
+HEADER = struct.Struct("<IIB3x")
+
+
+class GuestError(HarnessError):
+    pass
+
+
+class GuestCrashed(GuestError):
+    """The guest died (panic, QEMU gone) while something waited on it."""
+
+
+class CommandTimeout(GuestError):
+    pass
+
+
+class CommandFailed(GuestError):
+    def __init__(self, where, command, result):
+        self.result = result
+        super().__init__(f"{where}: command failed (rc={result.rc}): {command}\n"
+                         f"--- stdout ---\n{_tail(result.stdout)}\n--- stderr ---\n{_tail(result.stderr)}")
+
+
+def _tail(text: str, n: int = 3000) -> str:
+    return text if len(text) <= n else "[...]" + text[-n:]
+
+
+def connect_unix(path: Path, timeout: float = 10.0) -> socket.socket:
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(path))
+            return s
+        except (FileNotFoundError, ConnectionRefusedError):
+            s.close()
+            if time.monotonic() > deadline:
+                raise GuestError(f"cannot connect to {path}")
+            time.sleep(0.01)
+
+
+class ConsoleLog:
+    """Reads serial 0 in a thread: log file, splat scanner, line waiters."""
+
+    def __init__(self, sock: socket.socket, log_path: Path, on_panic=None):
+        self.log_path = log_path
+        self.lines: list[str] = []
+        self.scanner = SplatScanner()
+        self.closed = False
+        self._sock = sock
+        self._on_panic = on_panic
+        self._cond = threading.Condition()
+        self._log = open(log_path, "ab", buffering=0)
+        self._thread = threading.Thread(target=self._read, name=f"console:{log_path.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        pending = b""
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            self._log.write(data)
+            pending += data
+            *complete, pending = pending.split(b"\n")
+            if complete:
+                self._add([c.rstrip(b"\r").decode(errors="replace") for c in complete])
+        if pending:
+            self._add([pending.decode(errors="replace")])
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+        self._log.close()
+
+    def _add(self, new_lines):
+        panic = None
+        with self._cond:
+            for line in new_lines:
+                self.lines.append(line)
+                splat = self.scanner.feed(line)
+                if splat is not None and splat.kind == "panic":
+                    panic = splat
+            self._cond.notify_all()
+        if panic is not None and self._on_panic:
+            self._on_panic(panic)
+
+    def wait_for_line(self, needle: str, start: int = 0, timeout: float = 10.0) -> int:
+        """Index of the first line at or after ``start`` containing ``needle``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for i in range(start, len(self.lines)):
+                    if needle in self.lines[i]:
+                        return i
+                start = max(start, len(self.lines))
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closed:
+                    raise GuestError(f"console: no line with {needle!r} within {timeout}s")
+                self._cond.wait(left)
+
+    def splats_between(self, start: int, end: int | None = None) -> list[Splat]:
+        with self._cond:
+            return [s for s in self.scanner.splats
+                    if s.line_no >= start and (end is None or s.line_no < end)]
+
+    def tail(self, n: int = 40) -> str:
+        with self._cond:
+            return "\n".join(self.lines[-n:])
+
+    def text(self, start: int = 0, end: int | None = None) -> str:
+        with self._cond:
+            return "\n".join(self.lines[start:end])
+
+    def __len__(self):
+        return len(self.lines)
+
+    def close(self):
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+
+@dataclasses.dataclass
+class Result:
+    rc: int
+    stdout_bytes: bytes
+    stderr_bytes: bytes
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_bytes.decode(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_bytes.decode(errors="replace")
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+class Job:
+    """One command running in the guest."""
+
+    def __init__(self, channel: "AgentChannel", job_id: int, command: str):
+        self.channel = channel
+        self.id = job_id
+        self.command = command
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.rc: int | None = None
+        self.error: str | None = None
+        self.done = threading.Event()
+
+    def wait(self, timeout: float | None = 60.0) -> Result:
+        """Result of the job; raises on timeout (after killing it) or crash."""
+        if not self.done.wait(timeout):
+            self.kill()
+            self.done.wait(2.0)
+            raise CommandTimeout(
+                f"{self.channel.name}: command timed out after {timeout}s: {self.command}\n"
+                f"--- stdout (tail) ---\n{_tail(self.stdout.decode(errors='replace'))}\n"
+                f"--- stderr (tail) ---\n{_tail(self.stderr.decode(errors='replace'))}\n"
+                f"--- console (tail) ---\n{self.channel.console_tail()}")
+        if self.error is not None:
+            raise GuestCrashed(f"{self.channel.name}: {self.error} while running: {self.command}\n"
+                               f"--- console (tail) ---\n{self.channel.console_tail()}")
+        return Result(self.rc, bytes(self.stdout), bytes(self.stderr))
+
+    def kill(self):
+        self.channel.send(self.id, b"K", b"")
+
+    @property
+    def running(self) -> bool:
+        return not self.done.is_set()
+
+
+class AgentChannel:
+    """Frames over the agent's unix socket; a reader thread demultiplexes jobs."""
+
+    def __init__(self, sock: socket.socket, name: str, console_tail=lambda: ""):
+        self.name = name
+        self.console_tail = console_tail
+        self.release: str | None = None
+        self._sock = sock
+        self._send_lock = threading.Lock()
+        self._jobs: dict[int, Job] = {}
+        self._jobs_lock = threading.Lock()
+        self._next_id = 1
+        self._hello = threading.Event()
+        self._dead: str | None = None
+        self._thread = threading.Thread(target=self._read, name=f"agent:{name}", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float) -> str:
+        if not self._hello.wait(timeout) or self._dead:
+            raise GuestError(f"{self.name}: the guest agent did not come up within {timeout}s"
+                             f"{' (' + self._dead + ')' if self._dead else ''}\n"
+                             f"--- console (tail) ---\n{self.console_tail()}")
+        return self.release
+
+    def send(self, job_id: int, kind: bytes, payload: bytes):
+        with self._send_lock:
+            try:
+                self._sock.sendall(HEADER.pack(job_id, len(payload), kind[0]) + payload)
+            except OSError as e:
+                self.fail(f"command channel lost ({e})")
+
+    def start(self, command: str) -> Job:
+        with self._jobs_lock:
+            job_id = self._next_id
+            self._next_id += 1
+            job = Job(self, job_id, command)
+            if self._dead:
+                job.error = self._dead
+                job.done.set()
+                return job
+            self._jobs[job_id] = job
+        self.send(job_id, b"R", command.encode())
+        return job
+
+    def fail(self, reason: str):
+        """The guest is gone: every waiting job ends with ``reason``."""
+        with self._jobs_lock:
+            if self._dead is None:
+                self._dead = reason
+            jobs, self._jobs = list(self._jobs.values()), {}
+        for job in jobs:
+            job.error = reason
+            job.done.set()
+        self._hello.set()
+
+    @property
+    def dead(self) -> str | None:
+        return self._dead
+
+    def _recv_exact(self, n: int) -> bytes | None:
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                chunk = self._sock.recv(min(n - len(buf), 1 << 20))
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            buf += chunk
+        return bytes(buf)
+
+    def _read(self):
+        while True:
+            head = self._recv_exact(HEADER.size)
+            if head is None:
+                break
+            job_id, length, kind = HEADER.unpack(head)
+            payload = self._recv_exact(length) if length else b""
+            if payload is None:
+                break
+            kind = chr(kind)
+            if kind == "H":
+                self.release = payload.decode()
+                self._hello.set()
+                continue
+            with self._jobs_lock:
+                job = self._jobs.get(job_id)
+                if job is not None and kind in "XFP":
+                    del self._jobs[job_id]
+            if job is None:
+                continue
+            if kind == "O":
+                job.stdout += payload
+            elif kind == "E":
+                job.stderr += payload
+            elif kind == "X":
+                job.rc = int(payload)
+                job.done.set()
+            elif kind == "F":
+                job.rc = 127
+                job.stderr += payload
+                job.done.set()
+        self.fail("the guest is gone (command channel closed)")
+
+    def close(self):
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._thread.join(timeout=5)
+        self._sock.close()

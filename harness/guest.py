@@ -1,0 +1,217 @@
+"""One libvirt guest: start, run/check, pause/resume, stop; console and splats.
+
+A guest is a transient libvirt domain (qemu:///system) booted straight into
+the harness initramfs, with the host's root shared read-only over virtio-9p.
+Its name carries the owner's pid so that a later run can reap what a killed
+run left behind.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from .console import (AgentChannel, CommandFailed, ConsoleLog, GuestError, Job, Result,
+                      connect_unix)
+from .images import build_initramfs, domain_xml
+from .kernel import Kernel
+from .splat import Splat
+from .util import RUN_ROOT, HarnessError, run_dir
+
+DOMAIN_PREFIX = "harness"
+_DOMAIN_RE = re.compile(rf"^{DOMAIN_PREFIX}-(\d+)-")
+_marks = itertools.count(1)
+_libvirt_conn = None
+
+
+def libvirt_conn():
+    """The process's connection to the system libvirtd."""
+    global _libvirt_conn
+    import libvirt
+    if _libvirt_conn is None or not _libvirt_conn.isAlive():
+        libvirt.registerErrorHandler(lambda *_: None, None)  # errors come as exceptions
+        try:
+            _libvirt_conn = libvirt.open("qemu:///system")
+        except libvirt.libvirtError as e:
+            raise HarnessError(f"cannot connect to libvirtd at qemu:///system ({e}); "
+                               "is libvirtd running? tools/setup starts it") from None
+    return _libvirt_conn
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale_guests() -> list[str]:
+    """Destroy domains and run dirs whose owning process is gone."""
+    import libvirt
+    conn = libvirt_conn()
+    reaped = []
+    for dom in conn.listAllDomains():
+        m = _DOMAIN_RE.match(dom.name())
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    dom.undefine()
+            except libvirt.libvirtError:
+                pass
+            reaped.append(dom.name())
+    if RUN_ROOT.is_dir():
+        for d in RUN_ROOT.iterdir():
+            m = _DOMAIN_RE.match(d.name)
+            if m and not _pid_alive(int(m.group(1))):
+                shutil.rmtree(d, ignore_errors=True)
+    return reaped
+
+
+class Guest:
+    """A running guest.  Use as a context manager or call start()/stop()."""
+
+    def __init__(self, name: str, kernel: Kernel, *, vcpus: int = 2, memory_mb: int = 512,
+                 cmdline: str = "", accel: str = "tcg", log_dir: Path | None = None,
+                 interfaces: list[str] = (), boot_timeout: float = 120.0):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", name):
+            raise HarnessError(f"guest name {name!r}: expected 1-32 letters, digits, '_', '.', '-'")
+        self.name = name
+        self.kernel = kernel
+        self.vcpus = vcpus
+        self.memory_mb = memory_mb
+        self.extra_cmdline = cmdline
+        self.accel = accel
+        self.interfaces = list(interfaces)
+        self.boot_timeout = boot_timeout
+        self.domain_name = f"{DOMAIN_PREFIX}-{os.getpid()}-{name}"
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.console: ConsoleLog | None = None
+        self.agent: AgentChannel | None = None
+        self.release: str | None = None
+        self.boot_seconds: float | None = None
+        self.mark_line = 0  # console line of the last mark (per-test slicing)
+        self._dom = None
+        self._dir: Path | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+    @property
+    def cmdline(self) -> str:
+        modules = self.kernel.modules_dir or ""
+        return (f"console=ttyS0,115200 loglevel=5 panic=-1 mitigations=off "
+                f"harness.name={self.name} harness.modules={modules} {self.extra_cmdline}").strip()
+
+    def start(self) -> "Guest":
+        import libvirt
+        t0 = time.monotonic()
+        initrd = build_initramfs(self.kernel)
+        self._dir = run_dir(self.domain_name)
+        log_dir = self.log_dir or self._dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        console_sock, agent_sock = self._dir / "console.sock", self._dir / "agent.sock"
+        xml = domain_xml(name=self.domain_name, kernel=self.kernel, initrd=initrd,
+                         cmdline=self.cmdline, vcpus=self.vcpus, memory_mb=self.memory_mb,
+                         accel=self.accel, console_sock=console_sock, agent_sock=agent_sock,
+                         interfaces=self.interfaces)
+        try:
+            # Paused first: both channels are connected before the first byte.
+            self._dom = libvirt_conn().createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
+        except libvirt.libvirtError as e:
+            self._cleanup_dir()
+            raise GuestError(f"{self.name}: libvirt could not start the guest: {e}") from None
+        try:
+            self.console = ConsoleLog(connect_unix(console_sock),
+                                      log_dir / f"{self.name}.console.log",
+                                      on_panic=self._on_panic)
+            self.agent = AgentChannel(connect_unix(agent_sock), self.name, self.console.tail)
+            self._dom.resume()
+            self.release = self.agent.wait_ready(self.boot_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.boot_seconds = time.monotonic() - t0
+        return self
+
+    def _on_panic(self, splat: Splat):
+        if self.agent is not None:
+            self.agent.fail(f"kernel panic: {splat.title}")
+
+    @property
+    def alive(self) -> bool:
+        return self.agent is not None and self.agent.dead is None
+
+    def stop(self):
+        """Destroy the domain and remove its files; safe to call twice."""
+        import libvirt
+        if self._dom is not None:
+            try:
+                self._dom.destroy()
+            except libvirt.libvirtError:
+                pass  # already gone (panic, poweroff)
+            self._dom = None
+        for channel in (self.agent, self.console):
+            if channel is not None:
+                channel.close()
+        if self.agent is not None:
+            self.agent.fail("the guest was stopped")
+        self._cleanup_dir()
+
+    def _cleanup_dir(self):
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- commands -----------------------------------------------------------
+    def spawn(self, command: str) -> Job:
+        """Start ``command`` (sh -c) in the guest; returns at once."""
+        if self.agent is None:
+            raise GuestError(f"{self.name}: not started")
+        return self.agent.start(command)
+
+    def run(self, command: str, timeout: float = 60.0) -> Result:
+        return self.spawn(command).wait(timeout)
+
+    def check(self, command: str, timeout: float = 60.0) -> Result:
+        result = self.run(command, timeout)
+        if result.rc != 0:
+            raise CommandFailed(self.name, command, result)
+        return result
+
+    # -- libvirt controls -----------------------------------------------------
+    def pause(self):
+        self._dom.suspend()
+
+    def resume(self):
+        self._dom.resume()
+
+    @property
+    def domain(self):
+        return self._dom
+
+    # -- console --------------------------------------------------------------
+    def mark(self, timeout: float = 10.0) -> int:
+        """Print a marker through the guest kernel and wait for it on the
+        console: every line before the returned index was printed before now."""
+        tag = f"harness-mark-{os.getpid()}-{next(_marks)}"
+        self.check(f"echo '<2>{tag}' > /dev/kmsg")
+        self.mark_line = self.console.wait_for_line(tag, self.mark_line, timeout)
+        return self.mark_line
+
+    def splats(self, start: int = 0, end: int | None = None) -> list[Splat]:
+        return self.console.splats_between(start, end)
+
+    def __repr__(self):
+        return f"<Guest {self.name} {self.release or 'not started'} {self.accel}>"

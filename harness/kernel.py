@@ -1,0 +1,225 @@
+"""Find, fetch and describe a guest kernel: image, modules, config, version.
+
+A kernel is a bzImage plus, where it has loadable modules, the
+``lib/modules/<release>`` tree built with it, plus its ``.config``.  The
+default one is Debian's generic 6.12 image package, fetched once with
+``apt-get download`` into the per-user cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .util import HarnessError, cache_dir, cmd
+
+DEFAULT_SERIES = "6.12"
+_IMAGE_PACKAGE = re.compile(r"^linux-image-(\d+\.\d+\.\d+)\+(\w+)-amd64-unsigned$")
+
+
+class KernelError(HarnessError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    image: Path             # bzImage / vmlinuz
+    config_path: Path | None
+    modules_dir: Path | None  # .../lib/modules/<release>, None when all is built in
+    release: str            # uname -r
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def from_path(cls, image, modules=None, kconfig=None) -> "Kernel":
+        """A user's kernel: ``image`` is a bzImage or a build-kernel output dir.
+
+        ``.config`` and ``modules`` are looked up beside the image (and at the
+        top of a kernel tree, for ``arch/x86/boot/bzImage``) unless given.
+        """
+        path = Path(image).expanduser()
+        if path.is_dir():
+            path = path / "bzImage"
+        if not path.is_file():
+            raise KernelError(f"--kernel {image}: no such file (expected a bzImage "
+                              "or a directory holding one)")
+        release = image_release(path)
+        near = [path.parent]
+        if path.parent.name == "boot" and path.parent.parent.parent.name == "arch":
+            near.append(path.parent.parent.parent.parent)  # tree root
+        if kconfig is None:
+            kconfig = next((d / ".config" for d in near if (d / ".config").is_file()), None)
+            if kconfig is None:
+                kconfig = next((d / f"config-{release}" for d in near
+                                if (d / f"config-{release}").is_file()), None)
+        elif not Path(kconfig).is_file():
+            raise KernelError(f"--kconfig {kconfig}: no such file")
+        if modules is None:
+            for d in near:
+                for cand in (d / "lib/modules" / release, d / "modules" / release,
+                             d / "modules/lib/modules" / release):
+                    if (cand / "modules.dep").is_file():
+                        modules = cand
+                        break
+                if modules:
+                    break
+        else:
+            modules = Path(modules)
+            if (modules / "lib/modules" / release).is_dir():
+                modules = modules / "lib/modules" / release
+            elif (modules / release).is_dir():
+                modules = modules / release
+            if not (modules / "modules.dep").is_file():
+                raise KernelError(f"--modules {modules}: no modules.dep for release {release} "
+                                  "(run `make modules_install INSTALL_MOD_PATH=DIR`, then give DIR)")
+        return cls(path.resolve(), Path(kconfig).resolve() if kconfig else None,
+                   Path(modules).resolve() if modules else None, release)
+
+    @classmethod
+    def default(cls) -> "Kernel":
+        root = default_kernel_dir()
+        if root is None:
+            raise KernelError("the default kernel is not fetched: run `harness kernel fetch` "
+                              "(tools/setup does it) or give --kernel")
+        return cls._from_unpacked_deb(root)
+
+    @classmethod
+    def _from_unpacked_deb(cls, root: Path) -> "Kernel":
+        images = sorted(root.glob("boot/vmlinuz-*"))
+        if not images:
+            raise KernelError(f"{root}: unpacked kernel package has no boot/vmlinuz-*")
+        release = images[-1].name[len("vmlinuz-"):]
+        return cls(images[-1], root / "boot" / f"config-{release}",
+                   root / "lib/modules" / release, release)
+
+    # -- description --------------------------------------------------------
+    @functools.cached_property
+    def config(self) -> dict[str, str]:
+        if self.config_path is None or not self.config_path.is_file():
+            return {}
+        return parse_kconfig(self.config_path.read_text(errors="replace"))
+
+    def has(self, option: str) -> bool:
+        """True when CONFIG option is built in or a module."""
+        return self.config.get(_opt(option)) in ("y", "m")
+
+    def builtin(self, option: str) -> bool:
+        return self.config.get(_opt(option)) == "y"
+
+    @property
+    def version(self) -> tuple[int, int]:
+        major, minor = re.match(r"(\d+)\.(\d+)", self.release).groups()
+        return int(major), int(minor)
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """Content hash naming this kernel in caches."""
+        h = hashlib.sha256()
+        h.update(_file_digest(self.image).encode())
+        if self.config_path and self.config_path.is_file():
+            h.update(_file_digest(self.config_path).encode())
+        h.update(self.release.encode())
+        return h.hexdigest()[:16]
+
+    def __str__(self):
+        return f"{self.release} ({self.image})"
+
+
+def _opt(option: str) -> str:
+    return option if option.startswith("CONFIG_") else "CONFIG_" + option
+
+
+@functools.lru_cache(maxsize=None)
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"{h.hexdigest()}:{st.st_size}"
+
+
+def parse_kconfig(text: str) -> dict[str, str]:
+    """``CONFIG_X=y`` lines to a dict; ``# CONFIG_X is not set`` maps to 'n'."""
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("CONFIG_") and "=" in line:
+            key, value = line.split("=", 1)
+            out[key] = value.strip('"') if value.startswith('"') else value
+        else:
+            m = re.match(r"# (CONFIG_\w+) is not set", line)
+            if m:
+                out[m.group(1)] = "n"
+    return out
+
+
+def image_release(path: Path) -> str:
+    """The release string (uname -r) stored in a bzImage's setup header."""
+    with open(path, "rb") as f:
+        head = f.read(0x10000)
+    if head[0x202:0x206] != b"HdrS":
+        raise KernelError(f"{path}: not a bzImage (no x86 boot header)")
+    offset = int.from_bytes(head[0x20e:0x210], "little") + 0x200
+    release = head[offset:offset + 256].split(b" ", 1)[0].split(b"\0", 1)[0]
+    if not release:
+        raise KernelError(f"{path}: bzImage has no version string")
+    return release.decode()
+
+
+# -- the default kernel: Debian's generic image package ----------------------
+
+def kernels_cache() -> Path:
+    return cache_dir() / "kernels"
+
+
+def default_kernel_dir() -> Path | None:
+    found = sorted(kernels_cache().glob(f"debian-{DEFAULT_SERIES}.*/.complete"),
+                   key=lambda p: _version_key(p.parent.name))
+    return found[-1].parent if found else None
+
+
+def _version_key(name: str):
+    return [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", name)]
+
+
+def newest_image_package(series: str = DEFAULT_SERIES) -> str:
+    out = cmd(["apt-cache", "pkgnames", f"linux-image-{series}."]).stdout
+    names = [n for n in out.split() if _IMAGE_PACKAGE.match(n)]
+    if not names:
+        raise KernelError(f"apt knows no linux-image-{series}.*-amd64-unsigned package; "
+                          "is bookworm-backports configured (tools/setup does it)?")
+    return max(names, key=_version_key)
+
+
+def fetch_default(series: str = DEFAULT_SERIES, log=print) -> Kernel:
+    """apt-get download + unpack the newest generic image; idempotent."""
+    existing = default_kernel_dir()
+    if existing is not None:
+        return Kernel._from_unpacked_deb(existing)
+    package = newest_image_package(series)
+    version = _IMAGE_PACKAGE.match(package).group(1)
+    dest = kernels_cache() / f"debian-{version}"
+    log(f"fetching {package} into {dest}")
+    kernels_cache().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=kernels_cache()) as tmp:
+        cmd(["apt-get", "download", "-q", package], cwd=tmp)
+        deb = next(Path(tmp).glob("*.deb"))
+        unpacked = Path(tmp) / "root"
+        cmd(["dpkg-deb", "-x", str(deb), str(unpacked)])
+        if dest.exists():
+            shutil.rmtree(dest)
+        # Keep only what a guest needs: image, config, System.map, modules.
+        os.rename(unpacked, dest)
+    for junk in ("usr", "etc"):
+        shutil.rmtree(dest / junk, ignore_errors=True)
+    kernel = Kernel._from_unpacked_deb(dest)
+    if kernel.modules_dir and not (kernel.modules_dir / "modules.dep").exists():
+        cmd(["depmod", "-b", str(dest), kernel.release])
+    (dest / ".complete").write_text(package + "\n")
+    return kernel

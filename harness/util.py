@@ -1,0 +1,74 @@
+"""Small host-side helpers: running commands, the cache and run directories."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from pathlib import Path
+
+
+class HarnessError(Exception):
+    """An error the user can act on; its message is the whole story."""
+
+
+class CommandFailed(HarnessError):
+    def __init__(self, argv, result):
+        self.argv = argv
+        self.result = result
+        super().__init__(
+            f"command failed (rc={result.returncode}): {' '.join(map(str, argv))}\n"
+            f"--- stdout ---\n{_text(result.stdout)[-4000:]}\n"
+            f"--- stderr ---\n{_text(result.stderr)[-4000:]}")
+
+
+def _text(b):
+    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
+
+def cmd(argv, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:
+    """Run a host command (argv list, never a shell), capturing text output."""
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    result = subprocess.run(list(map(str, argv)), timeout=timeout, **kw)
+    if check and result.returncode != 0:
+        raise CommandFailed(argv, result)
+    return result
+
+
+def cache_dir() -> Path:
+    """Per-user cache: kernels, initramfs images, the KVM probe verdict."""
+    base = os.environ.get("HARNESS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "netdev-harness")
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+RUN_ROOT = Path(os.environ.get("HARNESS_RUN_DIR", "/run/netdev-harness"))
+
+
+def run_dir(name: str) -> Path:
+    """A private runtime directory for one guest or lab (sockets, images)."""
+    path = RUN_ROOT / name
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+@dataclasses.dataclass
+class Deferred:
+    """Cleanups run in reverse order of registration (selftests' defer())."""
+    _stack: list = dataclasses.field(default_factory=list)
+
+    def defer(self, fn, *args, **kw):
+        self._stack.append((fn, args, kw))
+
+    def run(self):
+        errors = []
+        while self._stack:
+            fn, args, kw = self._stack.pop()
+            try:
+                fn(*args, **kw)
+            except Exception as e:  # keep cleaning; report the first failure
+                errors.append(e)
+        if errors:
+            raise errors[0]
