@@ -68,6 +68,8 @@ class ConsoleLog:
         self.closed = False
         self._sock = sock
         self._on_panic = on_panic
+        self._panic: Splat | None = None
+        self._panic_reported = False
         self._cond = threading.Condition()
         self._log = open(log_path, "ab", buffering=0)
         self._thread = threading.Thread(target=self._read, name=f"console:{log_path.name}",
@@ -94,18 +96,31 @@ class ConsoleLog:
             self.closed = True
             self._cond.notify_all()
         self._log.close()
+        self._report_panic()
 
     def _add(self, new_lines):
-        panic = None
+        panic_ended = False
         with self._cond:
             for line in new_lines:
                 self.lines.append(line)
                 splat = self.scanner.feed(line)
-                if splat is not None and splat.kind == "panic":
-                    panic = splat
+                if splat is not None and splat.kind == "panic" and self._panic is None:
+                    self._panic = splat
+                    # Report at its end marker; a panic that never ends, soon anyway.
+                    threading.Timer(3.0, self._report_panic).start()
+                if self._panic is not None and "---[ end Kernel panic" in line:
+                    panic_ended = True
             self._cond.notify_all()
-        if panic is not None and self._on_panic:
-            self._on_panic(panic)
+        if panic_ended:
+            self._report_panic()
+
+    def _report_panic(self):
+        with self._cond:
+            if self._panic is None or self._panic_reported:
+                return
+            self._panic_reported = True
+        if self._on_panic:
+            self._on_panic(self._panic)
 
     def wait_for_line(self, needle: str, start: int = 0, timeout: float = 10.0) -> int:
         """Index of the first line at or after ``start`` containing ``needle``."""

@@ -11,6 +11,7 @@ import itertools
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -105,8 +106,10 @@ class Guest:
     @property
     def cmdline(self) -> str:
         modules = self.kernel.modules_dir or ""
+        venv = sys.prefix if sys.prefix != sys.base_prefix else ""
         return (f"console=ttyS0,115200 loglevel=5 panic=-1 mitigations=off "
-                f"harness.name={self.name} harness.modules={modules} {self.extra_cmdline}").strip()
+                f"harness.name={self.name} harness.modules={modules} harness.venv={venv} "
+                f"{self.extra_cmdline}").strip()
 
     def start(self) -> "Guest":
         import libvirt

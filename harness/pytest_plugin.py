@@ -1,1 +1,262 @@
-"""placeholder"""
+"""pytest plugin: options, kernel and guest fixtures, splat attribution.
+
+A thin layer over harness.guest: fixtures start and stop guests; after each
+test every live guest prints a mark through its kernel, and any splat its
+console showed since the previous mark fails that test.
+"""
+from __future__ import annotations
+
+import atexit
+import datetime
+import itertools
+import os
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from .accel import resolve as resolve_accel
+from .console import GuestError
+from .guest import Guest, libvirt_conn, reap_stale_guests
+from .images import build_initramfs
+from .kernel import Kernel
+from .util import HarnessError
+
+GUEST_DEFAULTS = {"vcpus": 2, "memory_mb": 512, "cmdline": ""}
+KEEP_RUNS = 10
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("harness", "netdev harness")
+    group.addoption("--kernel", help="guest kernel: a bzImage, or a build-kernel output directory "
+                                     "(default: Debian's 6.12 image fetched by tools/setup)")
+    group.addoption("--modules", help="modules of --kernel (INSTALL_MOD_PATH or lib/modules/<release>)")
+    group.addoption("--kconfig", help=".config of --kernel (default: looked up beside it)")
+    group.addoption("--accel", default=os.environ.get("HARNESS_ACCEL", "auto"),
+                    choices=("auto", "kvm", "tcg"),
+                    help="auto: KVM when a probe guest boots under it, else TCG")
+    group.addoption("--keep-guests", action="store_true",
+                    help="leave guests running after the session (remove with `harness down`)")
+    group.addoption("--harness-logs", default=None,
+                    help="where console logs go (default: <rootdir>/logs/<run>, logs/latest)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "guest(vcpus=2, memory_mb=512, cmdline=''): "
+                                       "the guest this test (or module) runs on")
+    config.addinivalue_line("markers", "allow_splat(*kinds): splats of these kinds do not fail the test")
+    kernel = None
+    if config.getoption("kernel"):
+        try:
+            kernel = Kernel.from_path(config.getoption("kernel"), config.getoption("modules"),
+                                      config.getoption("kconfig"))
+        except HarnessError as e:
+            raise pytest.UsageError(str(e)) from None
+    config._harness = HarnessSession(config, kernel)
+    config.pluginmanager.register(config._harness, "harness-session")
+
+
+class HarnessSession:
+    """Session state: the kernel, the accelerator, live guests, the log directory."""
+
+    def __init__(self, config, kernel: Kernel | None):
+        self.config = config
+        self._kernel = kernel
+        self.accel: str | None = None
+        self.guests: list[Guest] = []
+        self.ready_error: str | None = None
+        self._ready = False
+        self._log_dir: Path | None = None
+        self.guest_numbers = itertools.count(1)
+
+    # -- lazily checked environment: one clear error for the whole session ----
+    @property
+    def kernel(self) -> Kernel:
+        if self._kernel is None:
+            self._kernel = Kernel.default()
+        return self._kernel
+
+    def ensure_ready(self):
+        if self._ready:
+            return
+        if self.ready_error is None:
+            try:
+                self._check()
+                self._ready = True
+                return
+            except HarnessError as e:
+                self.ready_error = str(e)
+        pytest.exit(f"harness: {self.ready_error}", returncode=3)
+
+    def _check(self):
+        if os.geteuid() != 0:
+            raise HarnessError("guests need root (libvirt qemu:///system, taps, namespaces): "
+                               "run pytest as root")
+        libvirt_conn()
+        reap_stale_guests()
+        initrd = build_initramfs(self.kernel)
+        self.accel = resolve_accel(self.config.getoption("accel"), self.kernel, initrd)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        atexit.register(self.stop_all)
+
+    def _on_signal(self, signum, frame):
+        self.stop_all()
+        raise SystemExit(128 + signum)
+
+    @property
+    def log_dir(self) -> Path:
+        if self._log_dir is None:
+            base = Path(self.config.getoption("harness_logs") or Path(self.config.rootpath) / "logs")
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            self._log_dir = base / f"{stamp}-{os.getpid()}"
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            latest = base / "latest"
+            if latest.is_symlink() or not latest.exists():
+                latest.unlink(missing_ok=True)
+                latest.symlink_to(self._log_dir.name)
+            runs = sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink())
+            for old in runs[:-KEEP_RUNS]:
+                shutil.rmtree(old, ignore_errors=True)
+        return self._log_dir
+
+    # -- guests ---------------------------------------------------------------
+    def start_guest(self, name: str, **params) -> Guest:
+        self.ensure_ready()
+        guest = Guest(name, self.kernel, accel=self.accel, log_dir=self.log_dir, **params)
+        guest.start()
+        self.guests.append(guest)
+        return guest
+
+    def stop_guest(self, guest: Guest):
+        if guest in self.guests:
+            self.guests.remove(guest)
+        if not self.config.getoption("keep_guests"):
+            guest.stop()
+
+    def stop_all(self):
+        for guest in list(self.guests):
+            self.stop_guest(guest)
+
+    # -- splats -----------------------------------------------------------------
+    def collect_splats(self, item) -> list[tuple[Guest, object]]:
+        """Splats printed since the previous test, per live guest; writes the
+        test's slice of each console log."""
+        found = []
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid)[-120:]
+        for guest in list(self.guests):
+            if guest.console is None:
+                continue
+            start = guest.mark_line
+            if guest.alive:
+                try:
+                    end = guest.mark()
+                except HarnessError:
+                    end = len(guest.console)
+            else:
+                end = len(guest.console)
+                guest.mark_line = end
+            found += [(guest, s) for s in guest.splats(start, end)]
+            if end > start:
+                out = self.log_dir / "tests" / slug
+                out.mkdir(parents=True, exist_ok=True)
+                (out / f"{guest.name}.console.log").write_text(guest.console.text(start, end) + "\n")
+        return found
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        if call.when != "call" or not self.guests:
+            return
+        report = outcome.get_result()
+        allowed = set()
+        for marker in item.iter_markers("allow_splat"):
+            allowed.update(marker.args)
+        splats = [(g, s) for g, s in self.collect_splats(item) if s.kind not in allowed]
+        if splats:
+            text = "\n\n".join(f"kernel splat in guest {g.name} ({s.kind}):\n{s.text}"
+                               for g, s in splats)
+            if report.passed:
+                report.outcome = "failed"
+                report.longrepr = text
+            else:
+                report.longrepr = f"{report.longrepr}\n\n{text}"
+
+    def pytest_sessionfinish(self, session):
+        self.stop_all()
+
+    def pytest_report_header(self, config):
+        kernel = self._kernel
+        where = kernel or "default (Debian 6.12, fetched by tools/setup)"
+        return [f"harness: kernel {where}; accel {config.getoption('accel')}"]
+
+
+# -- fixtures ------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def harness(pytestconfig) -> HarnessSession:
+    session = pytestconfig._harness
+    session.ensure_ready()
+    return session
+
+
+@pytest.fixture(scope="session")
+def kernel(harness) -> Kernel:
+    return harness.kernel
+
+
+def _guest_params(node) -> dict:
+    params = dict(GUEST_DEFAULTS)
+    marker = node.get_closest_marker("guest")
+    if marker is not None:
+        params.update(marker.kwargs)
+        unknown = set(marker.kwargs) - set(GUEST_DEFAULTS)
+        if unknown:
+            raise pytest.UsageError(f"{node.nodeid}: guest marker: unknown {sorted(unknown)}; "
+                                    f"expected {sorted(GUEST_DEFAULTS)}")
+    return params
+
+
+@pytest.fixture(scope="module")
+def _module_guests(harness):
+    """Guests shared by a module's tests, one per distinct parameter set."""
+    pool: dict[tuple, Guest] = {}
+    yield pool
+    for guest in pool.values():
+        harness.stop_guest(guest)
+
+
+@pytest.fixture
+def guest(request, harness, _module_guests) -> Guest:
+    """The module's guest for this test's parameters; a fresh one after a crash."""
+    params = _guest_params(request.node)
+    key = tuple(sorted(params.items()))
+    current = _module_guests.get(key)
+    if current is not None and not current.alive:
+        harness.stop_guest(current)
+        current = None
+    if current is None:
+        name = f"g{next(harness.guest_numbers)}-{request.module.__name__.split('.')[-1][-12:]}"
+        name = re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+        current = _module_guests[key] = harness.start_guest(name, **params)
+    return current
+
+
+@pytest.fixture
+def make_guest(harness):
+    """Start extra guests for one test: make_guest("g2", vcpus=4, cmdline=...)."""
+    made = []
+
+    def make(name: str = "extra", **params) -> Guest:
+        unknown = set(params) - set(GUEST_DEFAULTS)
+        if unknown:
+            raise TypeError(f"make_guest: unknown {sorted(unknown)}; expected {sorted(GUEST_DEFAULTS)}")
+        guest = harness.start_guest(name, **{**GUEST_DEFAULTS, **params})
+        made.append(guest)
+        return guest
+
+    yield make
+    for guest in made:
+        harness.stop_guest(guest)

@@ -1,0 +1,93 @@
+"""A guest boots through libvirt and runs commands exactly (issue 2)."""
+import hashlib
+import time
+
+import pytest
+
+from harness.console import CommandFailed, CommandTimeout
+
+
+def test_boot_and_run_reports_the_kernel_release(guest, kernel):
+    assert guest.run("uname -r").stdout.strip() == kernel.release
+    assert guest.release == kernel.release
+
+
+@pytest.mark.parametrize("command, rc", [("true", 0), ("false", 1), ("exit 42", 42),
+                                         ("no-such-command-here", 127)])
+def test_exit_codes_are_exact(guest, command, rc):
+    assert guest.run(command).rc == rc
+
+
+def test_stdout_and_stderr_are_separate(guest):
+    result = guest.run("echo out; echo err >&2; printf 'no newline'")
+    assert result.stdout == "out\nno newline"
+    assert result.stderr == "err\n"
+
+
+def test_one_megabyte_of_binary_output_is_intact(guest):
+    digest = guest.check("head -c 1048576 /dev/urandom > /tmp/blob && sha256sum /tmp/blob")
+    result = guest.run("cat /tmp/blob")
+    assert len(result.stdout_bytes) == 1048576
+    assert hashlib.sha256(result.stdout_bytes).hexdigest() == digest.stdout.split()[0]
+
+
+def test_check_raises_with_the_output(guest):
+    with pytest.raises(CommandFailed) as err:
+        guest.check("echo before-failing; exit 3")
+    assert err.value.result.rc == 3
+    assert "before-failing" in str(err.value)
+
+
+def test_a_command_that_times_out_is_killed(guest):
+    t0 = time.monotonic()
+    with pytest.raises(CommandTimeout) as err:
+        guest.run("echo started; sleep 60", timeout=1)
+    assert time.monotonic() - t0 < 5
+    assert "started" in str(err.value)
+    # The whole process group went: no sleep is left in the guest.
+    assert guest.run("pgrep -x sleep").rc == 1
+
+
+def test_jobs_run_concurrently(guest):
+    slow = guest.spawn("sleep 3; echo slow")
+    t0 = time.monotonic()
+    assert guest.check("echo fast").stdout == "fast\n"
+    assert time.monotonic() - t0 < 2.5
+    assert slow.running
+    assert slow.wait(30).stdout == "slow\n"
+
+
+def test_guest_has_the_tools_tests_need(guest):
+    guest.check("ip -j link show lo && tc -s -j qdisc show dev lo && ethtool --version "
+                "&& iperf3 --version && ip netns add probe && ip netns del probe")
+    guest.check("python3 -c 'import scapy.all'", timeout=120)
+
+
+def test_modules_load_on_demand(guest, kernel):
+    if not kernel.has("CONFIG_VETH"):
+        pytest.skip(f"kernel {kernel.release} has no CONFIG_VETH")
+    guest.check("ip link add vtest0 type veth peer name vtest1 && ip link del vtest0")
+    if kernel.has("CONFIG_NET_PKTGEN"):
+        guest.check("modprobe pktgen && test -e /proc/net/pktgen/pgctrl")
+
+
+@pytest.mark.guest(vcpus=3, cmdline="harness.test=marker")
+def test_guest_marker_sets_vcpus_and_cmdline(guest):
+    assert guest.run("nproc").stdout.strip() == "3"
+    assert "harness.test=marker" in guest.run("cat /proc/cmdline").stdout
+
+
+def test_kernel_config_is_known(kernel):
+    assert kernel.version >= (6, 1)
+    assert kernel.has("CONFIG_NET_PKTGEN") == (kernel.config.get("CONFIG_NET_PKTGEN") in ("y", "m"))
+    assert kernel.has("CONFIG_RPS")
+    assert not kernel.has("CONFIG_NO_SUCH_OPTION")
+
+
+def test_pause_and_resume(guest):
+    guest.pause()
+    job = guest.spawn("echo after-resume")
+    time.sleep(0.5)
+    assert job.running  # a paused guest runs nothing
+    guest.resume()
+    assert job.wait(10).stdout == "after-resume\n"

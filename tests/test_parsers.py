@@ -1,0 +1,64 @@
+"""Unit tests for the harness's parsers, on real kernel data."""
+from pathlib import Path
+
+import pytest
+
+from harness.images import module_load_order
+from harness.kernel import Kernel, image_release, parse_kconfig, KernelError
+from harness.splat import find_splats, opener
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_parse_kconfig():
+    cfg = parse_kconfig('CONFIG_A=y\nCONFIG_B=m\n# CONFIG_C is not set\nCONFIG_D="x y"\nCONFIG_E=250\n')
+    assert cfg == {"CONFIG_A": "y", "CONFIG_B": "m", "CONFIG_C": "n", "CONFIG_D": "x y", "CONFIG_E": "250"}
+
+
+def test_image_release_of_the_default_kernel():
+    kernel = Kernel.default()
+    assert image_release(kernel.image) == kernel.release
+
+
+def test_image_release_rejects_a_non_kernel(tmp_path):
+    junk = tmp_path / "bzImage"
+    junk.write_bytes(b"\0" * 4096)
+    with pytest.raises(KernelError, match="not a bzImage"):
+        image_release(junk)
+
+
+def test_module_load_order_puts_dependencies_first(tmp_path):
+    (tmp_path / "modules.dep").write_text(
+        "kernel/fs/9p/9p.ko.xz: kernel/fs/netfs/netfs.ko.xz kernel/net/9p/9pnet.ko.xz\n"
+        "kernel/net/9p/9pnet_virtio.ko.xz: kernel/net/9p/9pnet.ko.xz\n"
+        "kernel/net/9p/9pnet.ko.xz:\nkernel/fs/netfs/netfs.ko.xz:\n")
+    order = [p.name for p in module_load_order(tmp_path, ["9pnet_virtio", "9p"])]
+    assert order == ["9pnet.ko.xz", "9pnet_virtio.ko.xz", "netfs.ko.xz", "9p.ko.xz"]
+
+
+@pytest.mark.parametrize("name, kinds", [
+    ("sysrq-panic-6.12.txt", ["panic"]),
+    ("warning-6.12.txt", ["warning"]),
+    ("unregister-netdevice.txt", ["unregister_netdevice", "unregister_netdevice"]),
+    ("kasan-uaf.txt", ["kasan"]),
+    ("hung-task.txt", ["hung_task"]),
+    ("rcu-stall.txt", ["rcu_stall"]),
+    ("list-corruption.txt", ["list_corruption"]),
+])
+def test_splat_samples_are_classified(name, kinds):
+    splats = find_splats((DATA / "splats" / name).read_text())
+    assert [s.kind for s in splats] == kinds
+
+
+def test_a_splat_keeps_its_trace_until_the_end_marker():
+    splat = find_splats((DATA / "splats" / "warning-6.12.txt").read_text())[0]
+    assert "Call Trace:" in splat.text
+    assert splat.lines[-1].endswith("---[ end trace 0000000000000000 ]---")
+
+
+@pytest.mark.parametrize("line", [
+    "[    1.0] eth0: renamed from veth0", "[    2.0] harness: guest ready",
+    "[    3.0] WARNING-free line", "[    4.0] IPv6: ADDRCONF(NETDEV_CHANGE): eth0: link becomes ready",
+])
+def test_ordinary_lines_are_not_splats(line):
+    assert opener(line) is None

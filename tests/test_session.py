@@ -1,0 +1,107 @@
+"""Splat attribution, panics, clear session errors and reaping (issue 2).
+
+These run pytest itself in a subprocess on a small test file, because what
+they check is how the plugin reports a session.
+"""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from harness.guest import libvirt_conn, reap_stale_guests
+
+INNER = textwrap.dedent('''
+    import time
+
+    def test_warning(guest):
+        guest.check("echo '<4>WARNING: CPU: 0 PID: 1 at net/core/dev.c:1234 harness_selftest+0x0/0x10' > /dev/kmsg")
+
+    def test_after_warning(guest):
+        guest.check("true")
+
+    def test_panic(guest):
+        guest.run("echo c > /proc/sysrq-trigger", timeout=120)
+
+    def test_after_panic(guest):
+        assert guest.check("echo alive").stdout == "alive\\n"
+''')
+
+
+def _pytest(pytestconfig, tmp_path, *args, **kw):
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+            "--harness-logs", str(tmp_path / "logs"), "--accel", pytestconfig.getoption("accel")]
+    for opt in ("kernel", "modules", "kconfig"):
+        if pytestconfig.getoption(opt):
+            argv += [f"--{opt}", pytestconfig.getoption(opt)]
+    return argv + list(args)
+
+
+def _junit(path):
+    cases = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        failure = case.find("failure")
+        cases[case.get("name")] = (float(case.get("time")),
+                                   None if failure is None else failure.get("message", "") + (failure.text or ""))
+    return cases
+
+
+def test_splat_fails_the_test_that_caused_it_and_panic_fails_fast(harness, pytestconfig, tmp_path):
+    (tmp_path / "test_inner.py").write_text(INNER)
+    junit = tmp_path / "junit.xml"
+    run = subprocess.run(_pytest(pytestconfig, tmp_path, str(tmp_path / "test_inner.py"),
+                                 f"--junitxml={junit}"),
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    cases = _junit(junit)
+    assert set(cases) == {"test_warning", "test_after_warning", "test_panic", "test_after_panic"}, run.stdout
+    # The WARNING fails the test that printed it, with the splat text; not the next one.
+    assert cases["test_warning"][1] is not None
+    assert "net/core/dev.c:1234" in cases["test_warning"][1]
+    assert cases["test_after_warning"][1] is None, cases["test_after_warning"][1]
+    # The panic fails its command within seconds, not at the 120 s timeout...
+    assert cases["test_panic"][1] is not None and "Kernel panic" in cases["test_panic"][1]
+    assert cases["test_panic"][0] < 15
+    # ...and the next test runs on a fresh guest.
+    assert cases["test_after_panic"][1] is None, cases["test_after_panic"][1]
+    # The per-test console slice is kept as an artifact.
+    slices = list((tmp_path / "logs").glob("*/tests/*test_warning*/*.console.log"))
+    assert slices and "net/core/dev.c:1234" in slices[0].read_text()
+
+
+def test_missing_kernel_is_one_clear_error(tmp_path):
+    (tmp_path / "test_one.py").write_text("def test_x(guest):\n    pass\n")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                          "--rootdir", str(tmp_path), "--kernel", "/nonexistent/bzImage",
+                          str(tmp_path / "test_one.py")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = run.stdout + run.stderr
+    assert run.returncode == 4, out  # pytest's usage error
+    assert out.count("--kernel /nonexistent/bzImage: no such file") == 1, out
+    assert "Traceback" not in out
+
+
+def test_guests_of_a_killed_run_are_reaped(harness, pytestconfig, tmp_path):
+    (tmp_path / "test_hang.py").write_text(textwrap.dedent('''
+        import time
+        def test_hang(guest):
+            print("GUEST-UP", flush=True)
+            time.sleep(600)
+    '''))
+    child = subprocess.Popen(_pytest(pytestconfig, tmp_path, "-s", str(tmp_path / "test_hang.py")),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        for line in child.stdout:
+            if "GUEST-UP" in line:
+                break
+        prefix = f"harness-{child.pid}-"
+        assert any(d.name().startswith(prefix) for d in libvirt_conn().listAllDomains())
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    reaped = reap_stale_guests()
+    assert any(name.startswith(prefix) for name in reaped)
+    assert not any(d.name().startswith(prefix) for d in libvirt_conn().listAllDomains())
