@@ -20,6 +20,25 @@ def cmd_kernel_show(args):
           f"config: {kernel.config_path}\nmodules: {kernel.modules_dir}")
 
 
+def cmd_down(args):
+    """Remove what harness runs left behind: guests of dead owners, or all with --all."""
+    import libvirt
+    from .guest import DOMAIN_PREFIX, libvirt_conn, reap_stale_guests
+    removed = reap_stale_guests()
+    if args.all:
+        for dom in libvirt_conn().listAllDomains():
+            if dom.name().startswith(DOMAIN_PREFIX + "-"):
+                try:
+                    dom.destroy()
+                except libvirt.libvirtError:
+                    pass
+                removed.append(dom.name())
+    for name in removed:
+        print(f"removed {name}")
+    if not removed:
+        print("nothing to remove")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="harness")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,6 +47,9 @@ def main(argv=None):
     show = kernel.add_parser("show", help="describe a kernel")
     show.add_argument("kernel", nargs="?")
     show.set_defaults(fn=cmd_kernel_show)
+    down = sub.add_parser("down", help="remove guests left by killed runs (--keep-guests, SIGKILL)")
+    down.add_argument("--all", action="store_true", help="also guests of running harness processes")
+    down.set_defaults(fn=cmd_down)
     args = parser.parse_args(argv)
     try:
         args.fn(args)

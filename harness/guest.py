@@ -23,6 +23,7 @@ from .splat import Splat
 from .util import RUN_ROOT, HarnessError, run_dir
 
 DOMAIN_PREFIX = "harness"
+REPO = Path(__file__).resolve().parent.parent
 _DOMAIN_RE = re.compile(rf"^{DOMAIN_PREFIX}-(\d+)-")
 _marks = itertools.count(1)
 _libvirt_conn = None
@@ -76,6 +77,19 @@ def reap_stale_guests() -> list[str]:
     return reaped
 
 
+def _lpj(kernel: Kernel) -> str:
+    """lpj= for the kernel command line: without it each secondary vCPU
+    calibrates its delay loop, ~0.7 s under TCG.  The value follows the TSC,
+    which the guest sees at the host's rate."""
+    try:
+        mhz = next(float(line.split(":")[1]) for line in open("/proc/cpuinfo")
+                   if line.startswith("cpu MHz"))
+        hz = int(kernel.config.get("CONFIG_HZ", "250"))
+    except (OSError, StopIteration, ValueError):
+        return ""
+    return f"lpj={int(mhz * 1e6 / hz)}"
+
+
 class Guest:
     """A running guest.  Use as a context manager or call start()/stop()."""
 
@@ -107,9 +121,10 @@ class Guest:
     def cmdline(self) -> str:
         modules = self.kernel.modules_dir or ""
         venv = sys.prefix if sys.prefix != sys.base_prefix else ""
-        return (f"console=ttyS0,115200 loglevel=5 panic=-1 mitigations=off "
+        keep = ",".join(dict.fromkeys(str(p) for p in (REPO, venv, modules) if p))
+        return (f"console=ttyS0,115200 loglevel=5 panic=-1 mitigations=off {_lpj(self.kernel)}"
                 f"harness.name={self.name} harness.modules={modules} harness.venv={venv} "
-                f"{self.extra_cmdline}").strip()
+                f"harness.keep={keep} {self.extra_cmdline}").strip()
 
     def start(self) -> "Guest":
         import libvirt

@@ -22,6 +22,7 @@ from .util import HarnessError, cache_dir, cmd
 
 GUEST_DIR = Path(__file__).resolve().parent.parent / "images" / "guest"
 BUSYBOX = Path("/bin/busybox")
+QBOOT = "/usr/share/qemu/qboot.rom"
 # Programs a guest runs on most commands.  They and their libraries are put in
 # the initramfs and bind-mounted over their 9p paths: exec'ing a program over
 # 9p costs a round trip per open under TCG (dash alone ~10 ms a command).
@@ -201,6 +202,10 @@ def domain_xml(*, name: str, kernel: Kernel, initrd: Path, cmdline: str, vcpus: 
     """libvirt XML for a direct-kernel-boot q35 guest with two channels."""
     kvm = accel == "kvm"
     cpu = "<cpu mode='host-passthrough'/>" if kvm else ""
+    # qboot: a firmware that only loads a kernel; with a PVH vmlinux the guest
+    # reaches its kernel ~1 s sooner than through SeaBIOS under TCG.
+    loader = (f"<loader readonly='yes' type='rom'>{QBOOT}</loader>"
+              if kernel.pvh and os.path.exists(QBOOT) else "")
     nics = "\n    ".join(interfaces)
     return f"""<domain type='{'kvm' if kvm else 'qemu'}'>
   <name>{escape(name)}</name>
@@ -208,7 +213,8 @@ def domain_xml(*, name: str, kernel: Kernel, initrd: Path, cmdline: str, vcpus: 
   <vcpu>{int(vcpus)}</vcpu>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
-    <kernel>{escape(str(kernel.image))}</kernel>
+    {loader}
+    <kernel>{escape(str(kernel.boot_image))}</kernel>
     <initrd>{escape(str(initrd))}</initrd>
     <cmdline>{escape(cmdline)}</cmdline>
   </os>

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -126,6 +127,28 @@ class Kernel:
         h.update(self.release.encode())
         return h.hexdigest()[:16]
 
+    @functools.cached_property
+    def boot_image(self) -> Path:
+        """What QEMU boots: the uncompressed vmlinux when it has a PVH entry
+        (no decompression under TCG, ~1 s), else the bzImage."""
+        vmlinux = self.image.parent / "vmlinux"
+        if vmlinux.is_file() and has_pvh_entry(vmlinux):
+            return vmlinux
+        cached = cache_dir() / "vmlinux" / f"{self.identity}.elf"
+        if not cached.exists():
+            data = extract_vmlinux(self.image)
+            if data is None or not has_pvh_entry_bytes(data):
+                return self.image
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, cached)
+        return cached
+
+    @property
+    def pvh(self) -> bool:
+        return self.boot_image != self.image
+
     def __str__(self):
         return f"{self.release} ({self.image})"
 
@@ -170,6 +193,51 @@ def image_release(path: Path) -> str:
     if not release:
         raise KernelError(f"{path}: bzImage has no version string")
     return release.decode()
+
+
+# Compressed payloads a bzImage may carry: (magic, decompressor argv).
+_PAYLOADS = [(b"\x28\xb5\x2f\xfd", ["zstd", "-dcq"]), (b"\xfd7zXZ\x00", ["xz", "-dcq"]),
+             (b"\x1f\x8b\x08", ["gzip", "-dcq"]), (b"\x02\x21\x4c\x18", ["lz4", "-dcq"])]
+
+
+def extract_vmlinux(image: Path) -> bytes | None:
+    """The ELF vmlinux inside a bzImage (as scripts/extract-vmlinux finds it)."""
+    data = image.read_bytes()
+    for magic, argv in _PAYLOADS:
+        pos = data.find(magic)
+        while pos >= 0:
+            try:
+                out = subprocess.run(argv, input=data[pos:], capture_output=True, timeout=120).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                out = b""
+            if out[:4] == b"\x7fELF":
+                return out
+            pos = data.find(magic, pos + 1)
+    return None
+
+
+def has_pvh_entry(path: Path) -> bool:
+    return has_pvh_entry_bytes(path.read_bytes())
+
+
+def has_pvh_entry_bytes(elf: bytes) -> bool:
+    """True when a 64-bit ELF has the Xen PHYS32_ENTRY note QEMU boots PVH from."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2:
+        return False
+    phoff, = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    for i in range(phnum):
+        p_type, _, p_offset, _, _, p_filesz = struct.unpack_from("<IIQQQQ", elf, phoff + i * phentsize)
+        if p_type != 4:  # PT_NOTE
+            continue
+        off, end = p_offset, p_offset + p_filesz
+        while off + 12 <= end:
+            namesz, descsz, ntype = struct.unpack_from("<III", elf, off)
+            name = elf[off + 12:off + 12 + namesz].rstrip(b"\0")
+            if name == b"Xen" and ntype == 18:  # XEN_ELFNOTE_PHYS32_ENTRY
+                return True
+            off += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return False
 
 
 # -- the default kernel: Debian's generic image package ----------------------
