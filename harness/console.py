@@ -260,6 +260,18 @@ class AgentChannel:
         self.send(job_id, b"R", command.encode())
         return job
 
+    def ping(self, timeout: float = 10.0) -> float:
+        """Seconds for one echo through the agent: the channel's own latency,
+        without a process being started in the guest."""
+        with self._jobs_lock:
+            job_id = self._next_id
+            self._next_id += 1
+            job = self._jobs[job_id] = Job(self, job_id, "(ping)")
+        t0 = time.monotonic()
+        self.send(job_id, b"P", b"")
+        job.wait(timeout)
+        return time.monotonic() - t0
+
     def fail(self, reason: str):
         """The guest is gone: every waiting job ends with ``reason``."""
         with self._jobs_lock:
@@ -303,7 +315,7 @@ class AgentChannel:
                 continue
             with self._jobs_lock:
                 job = self._jobs.get(job_id)
-                if job is not None and kind in "XFP":
+                if job is not None and kind in "XFP":  # P: a ping's echo
                     del self._jobs[job_id]
             if job is None:
                 continue
@@ -313,6 +325,9 @@ class AgentChannel:
                 job.stderr += payload
             elif kind == "X":
                 job.rc = int(payload)
+                job.done.set()
+            elif kind == "P":
+                job.rc = 0
                 job.done.set()
             elif kind == "F":
                 job.rc = 127

@@ -3,14 +3,16 @@
  *
  * Frames both ways: a 12-byte header {u32 id, u32 len, u8 type, 3 pad},
  * little-endian, then len bytes.  Host -> guest: 'R' run payload with
- * /bin/sh -c, 'K' kill the process group of job id.  Guest -> host: 'H'
- * hello (payload: uname release), 'O'/'E' stdout/stderr bytes of a job,
+ * /bin/sh, 'K' kill the process group of job id, 'P' ping (echoed back).
+ * Guest -> host: 'H' hello (payload: uname release), 'O'/'E' stdout/stderr
+ * bytes of a job,
  * 'X' exit status of a job (decimal text; 128+signal when killed),
  * 'F' the job could not start (payload: error text).
  *
  * Several jobs run at once, so a test can keep traffic flowing in one while
- * it toggles the kernel in another.  One fork+exec per command keeps the
- * round trip short under TCG.  Built static by harness/images.py.
+ * it toggles the kernel in another.  The shell for the next command is
+ * started ahead of time (prepare()), which keeps the round trip short under
+ * TCG.  Built static by harness/images.py; also does stage 1's bind mounts.
  */
 #define _GNU_SOURCE
 #include <errno.h>
