@@ -1,0 +1,317 @@
+"""Topology model: YAML labs as validated dataclasses.  No I/O beyond reading
+the file, nothing created: a bad file gives one error naming the file, the
+field's path (``guests[0].nics[1].queues``) and what was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from .util import HarnessError
+
+IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")   # what the kernel accepts, minus '/' ':' space
+NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,11}$")  # lab object names: short, prefixable
+MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+
+
+class TopologyError(HarnessError):
+    def __init__(self, source: str, path: str, message: str):
+        self.source, self.path = source, path
+        super().__init__(f"{source}: {path}: {message}" if path else f"{source}: {message}")
+
+
+# -- the model ------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Nic:
+    """A guest virtio-net NIC on a host tap."""
+    tap: str                              # host tap's short name (prefixed on the host)
+    queues: int = 1
+    vhost: str = "auto"                   # auto | on | off
+    mac: str | None = None
+    mtu: int = 1500
+    tx_queue_len: int = 1000
+    bridge: str | None = None             # host bridge the tap joins
+    address: str | None = None            # in the guest, CIDR
+    rps: dict[int, str] = dataclasses.field(default_factory=dict)  # rx queue -> CPU mask (hex)
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    to: str
+    via: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Link:
+    """One end of a veth pair inside a namespace (host or guest container)."""
+    name: str                             # interface name inside the namespace
+    peer: str                             # "bridge:X", "tap:X", "container:X" or "guest"
+    address: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Namespace:
+    name: str
+    links: tuple[Link, ...] = ()
+    routes: tuple[Route, ...] = ()
+    forwarding: bool = False
+    run: tuple[str, ...] = ()             # commands started in it once the lab is up
+
+
+@dataclasses.dataclass(frozen=True)
+class Guest:
+    name: str
+    vcpus: int = 2
+    memory_mb: int = 512
+    cmdline: str = ""
+    kernel: str = "default"
+    sysctls: dict[str, str] = dataclasses.field(default_factory=dict)
+    nics: tuple[Nic, ...] = ()
+    containers: tuple[Namespace, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Bridge:
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    name: str
+    guests: tuple[Guest, ...] = ()
+    bridges: tuple[Bridge, ...] = ()
+    host: tuple[Namespace, ...] = ()      # host "containers": namespaces the lab owns
+    source: str = "<memory>"
+
+    def guest(self, name: str) -> Guest:
+        return next(g for g in self.guests if g.name == name)
+
+
+# -- loading and validation --------------------------------------------------------
+
+def load(path) -> Topology:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise TopologyError(str(path), "", f"cannot read ({e.strerror})") from None
+    return parse(text, str(path))
+
+
+def parse(text: str, source: str = "<string>") -> Topology:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        raise TopologyError(source, where, f"not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise TopologyError(source, "", "expected a mapping with name, guests, bridges, host")
+    topo = _build(Topology, {**data, "source": source}, source, "")
+    _check_references(topo)
+    return topo
+
+
+def _build(cls, data, source: str, path: str):
+    """Construct dataclass ``cls`` from ``data``, checking keys and types."""
+    if not isinstance(data, dict):
+        raise TopologyError(source, path or "(top)", f"expected a mapping, got {_kind(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else str(unknown[0])
+        raise TopologyError(source, where, f"unknown key; expected one of {sorted(k for k in fields if k != 'source')}")
+    values = {}
+    for name, field in fields.items():
+        where = f"{path}.{name}" if path else name
+        if name not in data:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise TopologyError(source, where, "required")
+            continue
+        values[name] = _convert(hints[name], data[name], source, where)
+    obj = cls(**values)
+    _check_values(obj, source, path)
+    return obj
+
+
+def _convert(hint, value, source, where):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        return _convert(hint, value, source, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise TopologyError(source, where, f"expected a list, got {_kind(value)}")
+        return tuple(_convert(args[0], v, source, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TopologyError(source, where, f"expected a mapping, got {_kind(value)}")
+        return {_convert(args[0], k, source, f"{where}.{k}"): _convert(args[1], v, source, f"{where}.{k}")
+                for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, source, where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TopologyError(source, where, f"expected true or false, got {_kind(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TopologyError(source, where, f"expected an integer, got {_kind(value)}")
+        return value
+    if hint is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # sysctl values, masks written as numbers
+        if not isinstance(value, str):
+            raise TopologyError(source, where, f"expected a string, got {_kind(value)}")
+        return value
+    raise TypeError(f"model: no conversion for {hint}")
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: f"the string {value!r}", bool: str(value).lower(),
+            int: f"the number {value}", float: f"the number {value}"}.get(type(value), type(value).__name__)
+
+
+def _check_values(obj, source, path):
+    def bad(field, message):
+        raise TopologyError(source, f"{path}.{field}" if path else field, message)
+
+    if isinstance(obj, (Guest, Bridge, Namespace)) and not NAME.match(obj.name):
+        bad("name", f"{obj.name!r} is not a valid name: expected a letter then up to 11 "
+                    "letters, digits, '_' or '-' (names are prefixed into interface names)")
+    if isinstance(obj, Topology) and not NAME.match(obj.name):
+        bad("name", f"{obj.name!r}: expected a letter then up to 11 letters, digits, '_' or '-'")
+    if isinstance(obj, Guest):
+        if not 1 <= obj.vcpus <= 64:
+            bad("vcpus", f"expected 1 to 64, got {obj.vcpus}")
+        if not 128 <= obj.memory_mb <= 65536:
+            bad("memory_mb", f"expected 128 to 65536, got {obj.memory_mb}")
+    if isinstance(obj, Nic):
+        if not NAME.match(obj.tap):
+            bad("tap", f"{obj.tap!r} is not a valid name: expected a letter then up to 11 "
+                       "letters, digits, '_' or '-'")
+        if not 1 <= obj.queues <= 16:
+            bad("queues", f"expected 1 to 16, got {obj.queues}")
+        if obj.vhost not in ("auto", "on", "off"):
+            bad("vhost", f"expected auto, on or off, got {obj.vhost!r}")
+        if obj.mac is not None and not MAC.match(obj.mac.lower()):
+            bad("mac", f"expected six hex pairs like 52:54:00:12:34:56, got {obj.mac!r}")
+        if not 68 <= obj.mtu <= 65535:
+            bad("mtu", f"expected 68 to 65535, got {obj.mtu}")
+        if not 1 <= obj.tx_queue_len <= 1 << 20:
+            bad("tx_queue_len", f"expected 1 to 1048576, got {obj.tx_queue_len}")
+        for queue, mask in obj.rps.items():
+            if not 0 <= queue < obj.queues:
+                bad(f"rps.{queue}", f"no rx queue {queue}: the NIC has {obj.queues}")
+            if not re.fullmatch(r"[0-9a-fA-F,]+", mask):
+                bad(f"rps.{queue}", f"expected a hex CPU mask like 2 or ff, got {mask!r}")
+        if obj.address is not None:
+            _interface(obj.address, source, f"{path}.address")
+    if isinstance(obj, Link):
+        if not IFNAME.match(obj.name):
+            bad("name", f"{obj.name!r} is not a valid interface name: expected 1 to 15 "
+                        "letters, digits, '_', '.' or '-' (no '/', ':' or spaces)")
+        if not re.fullmatch(r"(bridge|tap|container):[A-Za-z0-9_-]+|guest", obj.peer):
+            bad("peer", f"expected bridge:NAME, tap:NAME, container:NAME or guest, got {obj.peer!r}")
+        if obj.address is not None:
+            _interface(obj.address, source, f"{path}.address")
+    if isinstance(obj, Route):
+        try:
+            ipaddress.ip_network(obj.to if obj.to != "default" else "0.0.0.0/0")
+        except ValueError:
+            bad("to", f"expected a network like 10.0.2.0/24 or default, got {obj.to!r}")
+        try:
+            ipaddress.ip_address(obj.via)
+        except ValueError:
+            bad("via", f"expected an address, got {obj.via!r}")
+
+
+def _interface(text, source, where):
+    try:
+        return ipaddress.ip_interface(text)
+    except ValueError:
+        raise TopologyError(source, where, f"expected an address with prefix like 10.0.0.1/24, "
+                                           f"got {text!r}") from None
+
+
+def _check_references(topo: Topology):
+    src = topo.source
+
+    def unique(items, path, what):
+        seen = {}
+        for i, item in enumerate(items):
+            if item.name in seen:
+                raise TopologyError(src, f"{path}[{i}].name",
+                                    f"{what} {item.name!r} is already defined at {path}[{seen[item.name]}]")
+            seen[item.name] = i
+
+    unique(topo.guests, "guests", "guest")
+    unique(topo.bridges, "bridges", "bridge")
+    unique(topo.host, "host", "namespace")
+    bridges = {b.name for b in topo.bridges}
+    taps = {}
+    for gi, guest in enumerate(topo.guests):
+        unique(guest.containers, f"guests[{gi}].containers", "container")
+        for ni, nic in enumerate(guest.nics):
+            where = f"guests[{gi}].nics[{ni}]"
+            if nic.tap in taps:
+                raise TopologyError(src, f"{where}.tap", f"tap {nic.tap!r} is already used by {taps[nic.tap]}")
+            taps[nic.tap] = where
+            if nic.bridge is not None and nic.bridge not in bridges:
+                raise TopologyError(src, f"{where}.bridge",
+                                    f"no bridge {nic.bridge!r}; defined: {sorted(bridges) or 'none'}")
+        names = {c.name for c in guest.containers}
+        for ci, ns in enumerate(guest.containers):
+            _check_links(src, f"guests[{gi}].containers[{ci}]", ns, set(), set(), names, in_guest=True)
+    for hi, ns in enumerate(topo.host):
+        _check_links(src, f"host[{hi}]", ns, bridges, set(taps), {n.name for n in topo.host},
+                     in_guest=False)
+    _check_subnets(topo)
+
+
+def _check_links(src, path, ns, bridges, taps, containers, in_guest):
+    for li, link in enumerate(ns.links):
+        where = f"{path}.links[{li}].peer"
+        kind, _, target = link.peer.partition(":")
+        if kind == "bridge" and target not in bridges:
+            raise TopologyError(src, where, f"no bridge {target!r}" + ("" if not in_guest else
+                                " (bridges are on the host; a container links to guest or container:NAME)"))
+        if kind == "tap" and target not in taps:
+            raise TopologyError(src, where, f"no tap {target!r}; defined: {sorted(taps) or 'none'}")
+        if kind == "container" and (target not in containers or target == ns.name):
+            raise TopologyError(src, where, f"no other container {target!r}; defined: {sorted(containers)}")
+        if kind == "guest" and not in_guest:
+            raise TopologyError(src, where, "a host namespace links to bridge:NAME or tap:NAME")
+
+
+def _check_subnets(topo: Topology):
+    """Subnets of different segments must not overlap (or routing is ambiguous)."""
+    nets = []  # (network, path)
+    for gi, guest in enumerate(topo.guests):
+        for ni, nic in enumerate(guest.nics):
+            if nic.address:
+                nets.append((ipaddress.ip_interface(nic.address).network, f"guests[{gi}].nics[{ni}].address",
+                             f"bridge:{nic.bridge}" if nic.bridge else f"tap:{nic.tap}"))
+    for hi, ns in enumerate(topo.host):
+        for li, link in enumerate(ns.links):
+            if link.address:
+                nets.append((ipaddress.ip_interface(link.address).network,
+                             f"host[{hi}].links[{li}].address", link.peer))
+    for i, (net, path, segment) in enumerate(nets):
+        for other, other_path, other_segment in nets[:i]:
+            if segment != other_segment and net.overlaps(other):
+                raise TopologyError(topo.source, path, f"subnet {net} overlaps {other} of "
+                                                       f"{other_path} on another segment")

@@ -1,0 +1,57 @@
+"""Topology files: the shipped ones load; malformed ones give one clear error
+naming the file and the field, and create nothing (issue 3, model part)."""
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.model import TopologyError, load
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((ROOT / "topologies").glob("*.yaml"))
+BAD = sorted((Path(__file__).parent / "topologies" / "bad").glob("*.yaml"))
+
+
+def _host_objects():
+    netns = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    return set(os.listdir("/sys/class/net")), netns
+
+
+def test_the_four_shipped_topologies_exist():
+    assert {p.stem for p in SHIPPED} >= {"single-mq", "guest-pair", "proxy-hops", "host-to-guest-proxy"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_topology_loads(path):
+    topo = load(path)
+    assert topo.guests and topo.source == str(path)
+
+
+def test_single_mq_reads_like_its_description():
+    topo = load(ROOT / "topologies" / "single-mq.yaml")
+    g1 = topo.guest("g1")
+    assert g1.vcpus == 2 and len(g1.nics) == 1 and g1.nics[0].queues == 2
+    assert topo.host[0].links[0].peer == "tap:t0"
+
+
+def test_proxy_hops_has_client_proxy_server():
+    containers = load(ROOT / "topologies" / "proxy-hops.yaml").guest("g1").containers
+    assert [c.name for c in containers] == ["server", "proxy", "client"]
+    assert next(c for c in containers if c.name == "proxy").forwarding
+
+
+def test_at_least_ten_malformed_files():
+    assert len(BAD) >= 10
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_malformed_topology_gives_one_clear_error(path):
+    expected = path.read_text().splitlines()[0].removeprefix("# expect: ")
+    before = _host_objects()
+    with pytest.raises(TopologyError) as err:
+        load(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message, message
+    assert "\n" not in message
+    assert _host_objects() == before
