@@ -13,6 +13,11 @@ def cmd_kernel_fetch(args):
     print(f"default kernel: {kernel}")
 
 
+def cmd_build_shell(args):
+    from .images import build_static_shell
+    print(f"static shell: {build_static_shell()}")
+
+
 def cmd_kernel_show(args):
     from .kernel import Kernel
     kernel = Kernel.from_path(args.kernel) if args.kernel else Kernel.default()
@@ -47,6 +52,8 @@ def main(argv=None):
     show = kernel.add_parser("show", help="describe a kernel")
     show.add_argument("kernel", nargs="?")
     show.set_defaults(fn=cmd_kernel_show)
+    sub.add_parser("build-shell", help="build the guests' static dash (tools/setup runs it)"
+                   ).set_defaults(fn=cmd_build_shell)
     down = sub.add_parser("down", help="remove guests left by killed runs (--keep-guests, SIGKILL)")
     down.add_argument("--all", action="store_true", help="also guests of running harness processes")
     down.set_defaults(fn=cmd_down)
