@@ -29,7 +29,8 @@ def cmd_down(args):
     """Remove what harness runs left behind: guests of dead owners, or all with --all."""
     import libvirt
     from .guest import DOMAIN_PREFIX, libvirt_conn, reap_stale_guests
-    removed = reap_stale_guests()
+    from .hostnet import reap_stale_labs
+    removed = reap_stale_guests() + reap_stale_labs()
     if args.all:
         for dom in libvirt_conn().listAllDomains():
             if dom.name().startswith(DOMAIN_PREFIX + "-"):
@@ -44,6 +45,53 @@ def cmd_down(args):
         print("nothing to remove")
 
 
+def cmd_up(args):
+    """Bring a lab up and run commands in it until end of input or Ctrl-C."""
+    import readline  # noqa: F401  (line editing for input())
+    from .accel import resolve
+    from .guest import reap_stale_guests
+    from .hostnet import reap_stale_labs
+    from .images import build_initramfs
+    from .kernel import Kernel
+    from .lab import Lab
+    kernel = Kernel.from_path(args.kernel) if args.kernel else Kernel.default()
+    reap_stale_guests()
+    reap_stale_labs()
+    accel = resolve(args.accel, kernel, build_initramfs(kernel))
+    lab = Lab.from_yaml(args.topology, kernel=kernel, accel=accel)
+    print(f"bringing up {args.topology} ({accel})...")
+    with lab:
+        print(lab.describe())
+        print(f"up in {lab.up_seconds:.1f} s. Type 'WHERE: COMMAND' with WHERE one of "
+              "GUEST, GUEST/CONTAINER, host/NAMESPACE; Ctrl-D or Ctrl-C to tear down.")
+        while True:
+            try:
+                line = input("lab> ").strip()
+            except (EOFError, KeyboardInterrupt):
+                print()
+                break
+            if not line:
+                continue
+            where, _, command = line.partition(":")
+            try:
+                parts = where.strip().split("/")
+                if parts[0] == "host" and len(parts) == 2:
+                    target = lab.host_ns(parts[1])
+                elif len(parts) == 2:
+                    target = lab.container(parts[0], parts[1])
+                else:
+                    target = lab.guest(parts[0])
+                result = target.run(command.strip(), timeout=args.timeout)
+            except HarnessError as e:
+                print(f"error: {e}")
+                continue
+            sys.stdout.write(result.stdout)
+            sys.stderr.write(result.stderr)
+            if result.rc:
+                print(f"[rc={result.rc}]")
+    print("torn down")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="harness")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +102,12 @@ def main(argv=None):
     show.set_defaults(fn=cmd_kernel_show)
     sub.add_parser("build-shell", help="build the guests' static dash (tools/setup runs it)"
                    ).set_defaults(fn=cmd_build_shell)
+    up = sub.add_parser("up", help="bring a topology up and run commands in it")
+    up.add_argument("topology", help="a topologies/*.yaml file")
+    up.add_argument("--kernel")
+    up.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    up.add_argument("--timeout", type=float, default=120.0, help="per command, seconds")
+    up.set_defaults(fn=cmd_up)
     down = sub.add_parser("down", help="remove guests left by killed runs (--keep-guests, SIGKILL)")
     down.add_argument("--all", action="store_true", help="also guests of running harness processes")
     down.set_defaults(fn=cmd_down)

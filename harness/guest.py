@@ -115,6 +115,7 @@ class Guest:
         self.mark_line = 0  # console line of the last mark (per-test slicing)
         self._dom = None
         self._dir: Path | None = None
+        self._owner = os.getpid()
 
     # -- lifecycle ------------------------------------------------------------
     @property
@@ -168,6 +169,8 @@ class Guest:
     def stop(self):
         """Destroy the domain and remove its files; safe to call twice."""
         import libvirt
+        if os.getpid() != self._owner:
+            return  # a forked copy of the owner (e.g. a pyroute2 helper) exiting
         if self._dom is not None:
             try:
                 self._dom.destroy()

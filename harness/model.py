@@ -16,7 +16,9 @@ import yaml
 from .util import HarnessError
 
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")   # what the kernel accepts, minus '/' ':' space
-NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,11}$")  # lab object names: short, prefixable
+NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,11}$")  # guests, containers
+HOST_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,7}$")  # taps, bridges, host namespaces:
+# prefixed with nh<lab id> on the host, and interface names have 15 characters
 MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
 
@@ -54,6 +56,8 @@ class Link:
     name: str                             # interface name inside the namespace
     peer: str                             # "bridge:X", "tap:X", "container:X" or "guest"
     address: str | None = None
+    peer_address: str | None = None       # the guest's end, for peer: guest
+    qdisc: str | None = None              # root qdisc of this end (veth defaults to noqueue)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +66,8 @@ class Namespace:
     links: tuple[Link, ...] = ()
     routes: tuple[Route, ...] = ()
     forwarding: bool = False
-    run: tuple[str, ...] = ()             # commands started in it once the lab is up
+    http_server: bool = False             # nginx answering on :80, one worker per vCPU
+    http_proxy: str | None = None         # nginx on :80 proxying to this address[:port]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +78,7 @@ class Guest:
     cmdline: str = ""
     kernel: str = "default"
     sysctls: dict[str, str] = dataclasses.field(default_factory=dict)
+    routes: tuple[Route, ...] = ()
     nics: tuple[Nic, ...] = ()
     containers: tuple[Namespace, ...] = ()
 
@@ -189,9 +195,14 @@ def _check_values(obj, source, path):
     def bad(field, message):
         raise TopologyError(source, f"{path}.{field}" if path else field, message)
 
-    if isinstance(obj, (Guest, Bridge, Namespace)) and not NAME.match(obj.name):
+    if isinstance(obj, Guest) and not NAME.match(obj.name):
         bad("name", f"{obj.name!r} is not a valid name: expected a letter then up to 11 "
-                    "letters, digits, '_' or '-' (names are prefixed into interface names)")
+                    "letters, digits, '_' or '-'")
+    if isinstance(obj, (Bridge, Namespace)) and not (NAME if ".containers[" in path else HOST_NAME).match(obj.name):
+        longest = 11 if ".containers[" in path else 7
+        bad("name", f"{obj.name!r} is not a valid name: expected a letter then up to {longest} "
+                    "letters, digits, '_' or '-'" + ("" if longest == 11 else
+                    " (host objects are prefixed into 15-character interface names)"))
     if isinstance(obj, Topology) and not NAME.match(obj.name):
         bad("name", f"{obj.name!r}: expected a letter then up to 11 letters, digits, '_' or '-'")
     if isinstance(obj, Guest):
@@ -200,9 +211,9 @@ def _check_values(obj, source, path):
         if not 128 <= obj.memory_mb <= 65536:
             bad("memory_mb", f"expected 128 to 65536, got {obj.memory_mb}")
     if isinstance(obj, Nic):
-        if not NAME.match(obj.tap):
-            bad("tap", f"{obj.tap!r} is not a valid name: expected a letter then up to 11 "
-                       "letters, digits, '_' or '-'")
+        if not HOST_NAME.match(obj.tap):
+            bad("tap", f"{obj.tap!r} is not a valid name: expected a letter then up to 7 "
+                       "letters, digits, '_' or '-' (prefixed into a 15-character interface name)")
         if not 1 <= obj.queues <= 16:
             bad("queues", f"expected 1 to 16, got {obj.queues}")
         if obj.vhost not in ("auto", "on", "off"):
@@ -228,6 +239,20 @@ def _check_values(obj, source, path):
             bad("peer", f"expected bridge:NAME, tap:NAME, container:NAME or guest, got {obj.peer!r}")
         if obj.address is not None:
             _interface(obj.address, source, f"{path}.address")
+        if obj.qdisc is not None and not re.fullmatch(r"[a-z_]+", obj.qdisc):
+            bad("qdisc", f"expected a qdisc kind like pfifo_fast or fq_codel, got {obj.qdisc!r}")
+        if obj.peer_address is not None:
+            if obj.peer != "guest":
+                bad("peer_address", "only for peer: guest (other peers give their own address)")
+            _interface(obj.peer_address, source, f"{path}.peer_address")
+    if isinstance(obj, Namespace) and obj.http_proxy is not None:
+        target = obj.http_proxy.rsplit(":", 1)
+        try:
+            ipaddress.ip_address(target[0])
+            if len(target) == 2 and not 0 < int(target[1]) < 65536:
+                raise ValueError
+        except ValueError:
+            bad("http_proxy", f"expected ADDRESS or ADDRESS:PORT, got {obj.http_proxy!r}")
     if isinstance(obj, Route):
         try:
             ipaddress.ip_network(obj.to if obj.to != "default" else "0.0.0.0/0")

@@ -20,8 +20,10 @@ import pytest
 from .accel import resolve as resolve_accel
 from .console import GuestError
 from .guest import Guest, libvirt_conn, reap_stale_guests
+from .hostnet import reap_stale_labs
 from .images import build_initramfs
 from .kernel import Kernel
+from .lab import Lab
 from .util import HarnessError
 
 GUEST_DEFAULTS = {"vcpus": 2, "memory_mb": 512, "cmdline": ""}
@@ -66,6 +68,7 @@ class HarnessSession:
         self._kernel = kernel
         self.accel: str | None = None
         self.guests: list[Guest] = []
+        self.labs: list[Lab] = []
         self.ready_error: str | None = None
         self._ready = False
         self._log_dir: Path | None = None
@@ -96,14 +99,17 @@ class HarnessSession:
                                "run pytest as root")
         libvirt_conn()
         reap_stale_guests()
+        reap_stale_labs()
         initrd = build_initramfs(self.kernel)
         self.accel = resolve_accel(self.config.getoption("accel"), self.kernel, initrd)
+        self._owner = os.getpid()
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         atexit.register(self.stop_all)
 
     def _on_signal(self, signum, frame):
-        self.stop_all()
+        if os.getpid() == self._owner:
+            self.stop_all()
         raise SystemExit(128 + signum)
 
     @property
@@ -137,8 +143,41 @@ class HarnessSession:
             guest.stop()
 
     def stop_all(self):
+        # A forked copy of this process inherits atexit handlers: only the
+        # process that built the guests and labs may tear them down.
+        if os.getpid() != getattr(self, "_owner", os.getpid()):
+            return
+        for lab in list(self.labs):
+            self.stop_lab(lab)
         for guest in list(self.guests):
             self.stop_guest(guest)
+
+    # -- labs -------------------------------------------------------------------
+    def start_lab(self, topology) -> Lab:
+        """Bring up a topology (a name under topologies/ or a path)."""
+        self.ensure_ready()
+        path = Path(topology)
+        if not path.suffix:
+            path = Path(self.config.rootpath) / "topologies" / f"{topology}.yaml"
+        lab = Lab.from_yaml(path, kernel=self.kernel, accel=self.accel, log_dir=self.log_dir)
+        self.labs.append(lab)
+        try:
+            lab.up()
+        except BaseException:
+            if lab in self.labs:
+                self.labs.remove(lab)
+            raise
+        self.guests += lab.guests.values()
+        return lab
+
+    def stop_lab(self, lab: Lab):
+        if lab in self.labs:
+            self.labs.remove(lab)
+        for guest in lab.guests.values():
+            if guest in self.guests:
+                self.guests.remove(guest)
+        if not self.config.getoption("keep_guests"):
+            lab.down()
 
     # -- splats -----------------------------------------------------------------
     def collect_splats(self, item) -> list[tuple[Guest, object]]:
@@ -242,6 +281,31 @@ def guest(request, harness, _module_guests) -> Guest:
         name = re.sub(r"[^A-Za-z0-9_.-]", "-", name)
         current = _module_guests[key] = harness.start_guest(name, **params)
     return current
+
+
+@pytest.fixture(scope="module")
+def _module_labs(harness):
+    labs: dict[str, Lab] = {}
+    yield labs
+    for lab in labs.values():
+        harness.stop_lab(lab)
+
+
+@pytest.fixture
+def lab(harness, _module_labs):
+    """lab("proxy-hops") -> the module's running Lab for topologies/proxy-hops.yaml
+    (or a path), brought up on first use and torn down after the module."""
+
+    def get(topology: str) -> Lab:
+        current = _module_labs.get(topology)
+        if current is not None and not all(g.alive for g in current.guests.values()):
+            harness.stop_lab(current)  # a guest crashed: the next test gets a fresh lab
+            current = None
+        if current is None:
+            current = _module_labs[topology] = harness.start_lab(topology)
+        return current
+
+    return get
 
 
 @pytest.fixture

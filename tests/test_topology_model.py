@@ -36,8 +36,9 @@ def test_single_mq_reads_like_its_description():
 
 def test_proxy_hops_has_client_proxy_server():
     containers = load(ROOT / "topologies" / "proxy-hops.yaml").guest("g1").containers
-    assert [c.name for c in containers] == ["server", "proxy", "client"]
-    assert next(c for c in containers if c.name == "proxy").forwarding
+    assert [c.name for c in containers] == ["client", "proxy", "server"]
+    proxy = next(c for c in containers if c.name == "proxy")
+    assert proxy.http_proxy == "10.77.3.2:80" and not proxy.forwarding
 
 
 def test_at_least_ten_malformed_files():

@@ -1,0 +1,373 @@
+"""A topology brought up: host plumbing, guests, and containers inside them.
+
+    lab = Lab.from_yaml("topologies/proxy-hops.yaml", kernel=kernel, accel="tcg")
+    with lab:
+        lab.container("g1", "client").check("curl -s http://10.77.2.1/")
+
+Data flows one way: the model (harness.model) says what to build; hostnet
+builds the host side; guests boot with NICs on the lab's taps; a generated
+script configures each guest; then every declared address is pinged from its
+segment before up() returns.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import model
+from .console import CommandFailed, GuestError, Result
+from .guest import Guest
+from .hostnet import HostNamespace, HostNet
+from .kernel import Kernel
+from .util import HarnessError
+
+VHOST_NET = "/dev/vhost-net"
+LAB_DIR = "/run/harness/lab"   # in the guest (tmpfs)
+
+
+class LabError(HarnessError):
+    pass
+
+
+class Container:
+    """A network namespace inside a guest."""
+
+    def __init__(self, guest: Guest, name: str):
+        self.guest = guest
+        self.name = name
+
+    def _wrap(self, command: str) -> str:
+        return f"ip netns exec {shlex.quote(self.name)} sh -c {shlex.quote(command)}"
+
+    def run(self, command: str, timeout: float = 60.0) -> Result:
+        return self.guest.run(self._wrap(command), timeout)
+
+    def check(self, command: str, timeout: float = 60.0) -> Result:
+        result = self.run(command, timeout)
+        if result.rc != 0:
+            raise CommandFailed(f"{self.guest.name}/{self.name}", command, result)
+        return result
+
+    def spawn(self, command: str):
+        return self.guest.spawn(self._wrap(command))
+
+    def __repr__(self):
+        return f"<Container {self.guest.name}/{self.name}>"
+
+
+def _mac(lab_id: str, guest_index: int, nic_index: int) -> str:
+    return f"52:54:{lab_id[:2]}:{lab_id[2:4]}:{guest_index:02x}:{nic_index:02x}"
+
+
+def _nginx_conf(directory: str, workers: int, proxy_to: str | None) -> str:
+    if proxy_to:
+        target = proxy_to if ":" in proxy_to else f"{proxy_to}:80"
+        site = (f"upstream backend {{ server {target}; keepalive 64; }}\n"
+                "  server { listen 80 reuseport; location / { proxy_pass http://backend; "
+                "proxy_http_version 1.1; proxy_set_header Connection \"\"; } }")
+    else:
+        site = "server { listen 80 reuseport; location / { return 200 \"ok\\n\"; } }"
+    temp = " ".join(f"{k}_temp_path {directory}/{k};" for k in
+                    ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return (f"user root;\nworker_processes {workers};\npid {directory}/nginx.pid;\n"
+            f"error_log {directory}/error.log;\nevents {{ worker_connections 4096; }}\n"
+            f"http {{\n  access_log off;\n  default_type text/plain;\n  {temp}\n  {site}\n}}\n")
+
+
+class Lab:
+    """One topology, up or down.  ``up()`` undoes its own work if it fails."""
+
+    def __init__(self, topology: model.Topology, *, kernel: Kernel, accel: str = "tcg",
+                 log_dir: Path | None = None, kernels: dict[str, Kernel] | None = None):
+        self.topology = topology
+        self.kernel = kernel
+        self.kernels = kernels or {}
+        self.accel = accel
+        self.log_dir = log_dir
+        self.host: HostNet | None = None
+        self.guests: dict[str, Guest] = {}
+        self.host_namespaces: dict[str, HostNamespace] = {}
+        self.taps: dict[str, str] = {}          # topology tap -> host tap name
+        self.backends: dict[str, str] = {}      # topology tap -> "vhost" | "userspace"
+        self.up_seconds: float | None = None
+        self._owner = os.getpid()
+
+    @classmethod
+    def from_yaml(cls, path, **kw) -> "Lab":
+        return cls(model.load(path), **kw)
+
+    # -- access -----------------------------------------------------------------
+    def guest(self, name: str) -> Guest:
+        try:
+            return self.guests[name]
+        except KeyError:
+            raise LabError(f"lab {self.topology.name}: no guest {name!r}; "
+                           f"guests: {sorted(self.guests)}") from None
+
+    def host_ns(self, name: str) -> HostNamespace:
+        try:
+            return self.host_namespaces[name]
+        except KeyError:
+            raise LabError(f"lab {self.topology.name}: no host namespace {name!r}; "
+                           f"namespaces: {sorted(self.host_namespaces)}") from None
+
+    def container(self, guest: str, name: str) -> Container:
+        spec = self.topology.guest(guest)
+        if name not in {c.name for c in spec.containers}:
+            raise LabError(f"lab {self.topology.name}: guest {guest} has no container {name!r}")
+        return Container(self.guest(guest), name)
+
+    @property
+    def lab_id(self) -> str:
+        return self.host.lab_id if self.host else "----"
+
+    # -- lifecycle ----------------------------------------------------------------
+    def __enter__(self):
+        return self.up()
+
+    def __exit__(self, *exc):
+        self.down()
+
+    def up(self) -> "Lab":
+        t0 = time.monotonic()
+        try:
+            self._check_environment()
+            self.host = HostNet()
+            interfaces = self._host_side()
+            self._boot_guests(interfaces)
+            for spec in self.topology.guests:
+                self._configure_guest(spec)
+            self._wait_reachable()
+        except BaseException:
+            self.down()
+            raise
+        self.up_seconds = time.monotonic() - t0
+        return self
+
+    def down(self):
+        if os.getpid() != self._owner:
+            return  # a forked copy of the owner unwinding its stack: not ours to remove
+        guests, self.guests = list(self.guests.values()), {}
+        if guests:
+            with ThreadPoolExecutor(len(guests)) as pool:
+                list(pool.map(lambda g: g.stop(), guests))
+        if self.host is not None:
+            self.host.teardown()
+            self.host = None
+        self.host_namespaces = {}
+
+    def _check_environment(self):
+        for gi, spec in enumerate(self.topology.guests):
+            for ni, nic in enumerate(spec.nics):
+                if nic.vhost == "on" and not os.path.exists(VHOST_NET):
+                    raise LabError(f"{self.topology.source}: guests[{gi}].nics[{ni}].vhost: on, "
+                                   f"but this host has no {VHOST_NET} (modprobe vhost_net, or "
+                                   "use vhost: auto)")
+
+    def _host_side(self) -> dict[str, list[str]]:
+        """Bridges, taps and host namespaces; returns each guest's NIC XML."""
+        topo, host = self.topology, self.host
+        bridges = {b.name: host.add_bridge(b.name) for b in topo.bridges}
+        tap_peers = {link.peer.split(":", 1)[1] for ns in topo.host for link in ns.links
+                     if link.peer.startswith("tap:")}
+        tap_bridges = {}
+        interfaces: dict[str, list[str]] = {}
+        for gi, spec in enumerate(topo.guests):
+            interfaces[spec.name] = []
+            for ni, nic in enumerate(spec.nics):
+                bridge = bridges.get(nic.bridge) if nic.bridge else None
+                if bridge is None and nic.tap in tap_peers:
+                    # A tap's own segment, joined by host namespaces.
+                    bridge = tap_bridges[nic.tap] = host.add_bridge(f"{nic.tap}b")
+                tap = host.add_tap(nic.tap, queues=nic.queues, mtu=nic.mtu,
+                                   tx_queue_len=nic.tx_queue_len, bridge=bridge)
+                self.taps[nic.tap] = tap
+                vhost = nic.vhost == "on" or (nic.vhost == "auto" and os.path.exists(VHOST_NET))
+                self.backends[nic.tap] = "vhost" if vhost else "userspace"
+                driver = f"<driver name='{'vhost' if vhost else 'qemu'}' queues='{nic.queues}'/>"
+                interfaces[spec.name].append(
+                    f"<interface type='ethernet'><mac address='{self._mac(gi, ni, nic)}'/>"
+                    f"<target dev='{tap}' managed='no'/><model type='virtio'/>{driver}"
+                    f"<mtu size='{nic.mtu}'/></interface>")
+        for ns_spec in topo.host:
+            ns = host.add_namespace(ns_spec.name)
+            self.host_namespaces[ns_spec.name] = ns
+            for li, link in enumerate(ns_spec.links):
+                kind, target = link.peer.split(":", 1)
+                bridge = bridges[target] if kind == "bridge" else tap_bridges[target]
+                mtu = next((n.mtu for g in topo.guests for n in g.nics if n.tap == target), None)
+                host.add_veth_into(f"v{ns_spec.name[:5]}{li}", ns, link.name, bridge=bridge,
+                                   address=link.address, mtu=mtu)
+            for route in ns_spec.routes:
+                host.add_route(ns, route.to, route.via)
+            if ns_spec.forwarding:
+                host.sysctl(ns.name, "net.ipv4.ip_forward", "1")
+        return interfaces
+
+    def _mac(self, gi: int, ni: int, nic: model.Nic) -> str:
+        return nic.mac or _mac(self.host.lab_id, gi, ni)
+
+    def _boot_guests(self, interfaces: dict[str, list[str]]):
+        errors = []
+
+        def boot(spec: model.Guest):
+            kernel = self.kernels.get(spec.kernel, self.kernel) if spec.kernel != "default" else self.kernel
+            guest = Guest(f"{spec.name}-{self.host.lab_id}", kernel, vcpus=spec.vcpus,
+                          memory_mb=spec.memory_mb, cmdline=spec.cmdline, accel=self.accel,
+                          log_dir=self.log_dir, interfaces=interfaces[spec.name])
+            with lock:
+                self.guests[spec.name] = guest  # stopped by down() even if start fails
+            try:
+                guest.start()
+            except BaseException as e:
+                errors.append(e)
+
+        lock = threading.Lock()
+        threads = [threading.Thread(target=boot, args=(s,)) for s in self.topology.guests]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    # -- inside a guest ----------------------------------------------------------------
+    def _configure_guest(self, spec: model.Guest):
+        gi = self.topology.guests.index(spec)
+        q = shlex.quote
+        lines = ["set -e"]
+        for ni, nic in enumerate(spec.nics):
+            dev, mac = f"eth{ni}", self._mac(gi, ni, nic)
+            lines += [
+                f"d=$(grep -lx {q(mac)} /sys/class/net/*/address | cut -d/ -f5)",
+                f'[ "$d" = {dev} ] || ip link set dev "$d" name {dev}',
+                f"ip link set dev {dev} mtu {nic.mtu}",
+            ]
+            if nic.queues > 1:
+                lines.append(f"ethtool -L {dev} combined {nic.queues}")
+            if nic.address:
+                lines.append(f"ip addr add {q(nic.address)} dev {dev}")
+            lines.append(f"ip link set dev {dev} up")
+            for queue, mask in nic.rps.items():
+                lines.append(f"echo {q(mask)} > /sys/class/net/{dev}/queues/rx-{queue}/rps_cpus")
+        for key, value in spec.sysctls.items():
+            lines.append(f"sysctl -qw {q(f'{key}={value}')}")
+        for route in spec.routes:
+            lines.append(f"ip route add {q(route.to)} via {q(route.via)}")
+        lines += self._container_lines(spec)
+        self.guests[spec.name].check("\n".join(lines), timeout=120)
+
+    def _container_lines(self, spec: model.Guest) -> list[str]:
+        q = shlex.quote
+        lines = []
+        for c in spec.containers:
+            lines += [f"ip netns add {q(c.name)}", f"ip -n {q(c.name)} link set lo up",
+                      f"ip netns exec {q(c.name)} sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
+                      "net.ipv6.conf.default.disable_ipv6=1"]
+        made = set()
+        for c in spec.containers:
+            for li, link in enumerate(c.links):
+                kind, _, target = link.peer.partition(":")
+                if kind == "container":
+                    pair = frozenset((c.name, target))
+                    if pair in made:
+                        continue
+                    made.add(pair)
+                    other = next(l for l in spec_container(spec, target).links
+                                 if l.peer == f"container:{c.name}")
+                    lines.append(f"ip link add {q(link.name)} netns {q(c.name)} type veth "
+                                 f"peer name {q(other.name)} netns {q(target)}")
+                    for ns, end in ((c.name, link), (target, other)):
+                        if end.address:
+                            lines.append(f"ip -n {q(ns)} addr add {q(end.address)} dev {q(end.name)}")
+                        if end.qdisc:
+                            lines.append(f"tc -n {q(ns)} qdisc replace dev {q(end.name)} root {q(end.qdisc)}")
+                        lines.append(f"ip -n {q(ns)} link set {q(end.name)} up")
+                elif kind == "guest":
+                    outside = f"v{c.name}{li}"[:15]
+                    lines.append(f"ip link add {q(link.name)} netns {q(c.name)} type veth "
+                                 f"peer name {q(outside)}")
+                    if link.address:
+                        lines.append(f"ip -n {q(c.name)} addr add {q(link.address)} dev {q(link.name)}")
+                    if link.qdisc:
+                        lines.append(f"tc -n {q(c.name)} qdisc replace dev {q(link.name)} root {q(link.qdisc)}")
+                    lines.append(f"ip -n {q(c.name)} link set {q(link.name)} up")
+                    if link.peer_address:
+                        lines.append(f"ip addr add {q(link.peer_address)} dev {q(outside)}")
+                    lines.append(f"ip link set {q(outside)} up")
+        for c in spec.containers:
+            for route in c.routes:
+                lines.append(f"ip -n {q(c.name)} route add {q(route.to)} via {q(route.via)}")
+            if c.forwarding:
+                lines.append(f"ip netns exec {q(c.name)} sysctl -qw net.ipv4.ip_forward=1")
+            if c.http_server or c.http_proxy:
+                directory = f"{LAB_DIR}/{c.name}"
+                conf = _nginx_conf(directory, spec.vcpus, c.http_proxy)
+                lines += [f"mkdir -p {q(directory)}",
+                          f"printf '%s' {q(conf)} > {q(directory + '/nginx.conf')}",
+                          f"ip netns exec {q(c.name)} nginx -e {q(directory + '/error.log')} "
+                          f"-c {q(directory + '/nginx.conf')}"]
+        return lines
+
+    # -- reachability ---------------------------------------------------------------------
+    def endpoints(self) -> dict[str, list[tuple[object, str]]]:
+        """Every declared address by segment: {segment: [(where, address)]}."""
+        topo = self.topology
+        segments: dict[str, list[tuple[object, str]]] = {}
+
+        def add(segment, where, address):
+            if address:
+                segments.setdefault(segment, []).append((where, address.split("/")[0]))
+
+        for spec in topo.guests:
+            for nic in spec.nics:
+                add(f"bridge:{nic.bridge}" if nic.bridge else f"tap:{nic.tap}",
+                    self.guests[spec.name], nic.address)
+            for c in spec.containers:
+                for li, link in enumerate(c.links):
+                    kind, _, target = link.peer.partition(":")
+                    where = Container(self.guests[spec.name], c.name)
+                    if kind == "container":
+                        add(f"{spec.name}:{'|'.join(sorted((c.name, target)))}", where, link.address)
+                    elif kind == "guest":
+                        segment = f"{spec.name}:{c.name}:{li}"
+                        add(segment, where, link.address)
+                        add(segment, self.guests[spec.name], link.peer_address)
+        for ns_spec in topo.host:
+            for link in ns_spec.links:
+                add(link.peer, self.host_namespaces[ns_spec.name], link.address)
+        return segments
+
+    def _wait_reachable(self, timeout_s: int = 30):
+        for segment, members in self.endpoints().items():
+            if len(members) < 2:
+                continue
+            where, _ = members[0]
+            for _, address in members[1:]:
+                probe = (f"i=0; while [ $i -lt {timeout_s * 5} ]; do "
+                         f"ping -c1 -W1 -q {shlex.quote(address)} >/dev/null 2>&1 && exit 0; "
+                         f"i=$((i+1)); sleep 0.2; done; exit 1")
+                if where.run(probe, timeout=timeout_s + 30).rc != 0:
+                    raise LabError(f"lab {self.topology.name}: {address} on segment {segment} "
+                                   f"does not answer from {where!r}")
+
+    def describe(self) -> str:
+        lines = [f"lab {self.topology.name} (id {self.lab_id})"]
+        for name, guest in self.guests.items():
+            lines.append(f"  guest {name}: {guest.domain_name}, kernel {guest.release}")
+        for tap, host_tap in self.taps.items():
+            lines.append(f"  tap {tap}: {host_tap} ({self.backends[tap]})")
+        for name, ns in self.host_namespaces.items():
+            lines.append(f"  host namespace {name}: {ns.name}")
+        for spec in self.topology.guests:
+            for c in spec.containers:
+                lines.append(f"  container {spec.name}/{c.name}")
+        return "\n".join(lines)
+
+
+def spec_container(spec: model.Guest, name: str) -> model.Namespace:
+    return next(c for c in spec.containers if c.name == name)

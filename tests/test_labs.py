@@ -1,0 +1,176 @@
+"""Shipped topologies come up, talk where they should and only there, and
+leave nothing behind (issue 3)."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from pyroute2 import IPRoute
+
+from harness.guest import libvirt_conn, reap_stale_guests
+from harness.hostnet import reap_stale_labs
+from harness.lab import Lab, LabError
+from harness.model import parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OURS = re.compile(r"^nh([0-9a-f]{4})")
+
+
+def lab_objects(lab_id=None):
+    """Host links, namespaces and domains that carry a lab prefix."""
+    def mine(name):
+        m = OURS.match(name)
+        return m is not None and (lab_id is None or m.group(1) == lab_id)
+    links = {n for n in os.listdir("/sys/class/net") if mine(n)}
+    netns = {n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else []) if mine(n)}
+    doms = {d.name() for d in libvirt_conn().listAllDomains()
+            if lab_id is None or d.name().endswith(f"-{lab_id}")}
+    return links | netns | doms
+
+
+def tcp_transfer(server, client, address, nbytes=1 << 20, port=5001):
+    """Send nbytes over one TCP connection; the byte count the server read."""
+    sink = server.spawn(f"socat -u TCP-LISTEN:{port},reuseaddr - | wc -c")
+    for _ in range(100):
+        sent = client.run(f"head -c {nbytes} /dev/zero | socat -u - TCP:{address}:{port}", timeout=60)
+        if sent.rc == 0:
+            break
+        time.sleep(0.1)  # the listener is not up yet
+    assert sent.rc == 0, sent.stderr
+    return int(sink.wait(60).stdout)
+
+
+def unreachable(where, address):
+    result = where.run(f"ping -c1 -W1 {address}")
+    return result.rc != 0
+
+
+def test_single_mq_queues_mtu_txqlen_backend_and_traffic(lab):
+    single = lab("single-mq")
+    g1, peer = single.guest("g1"), single.host_ns("peer")
+    combined = single.guest("g1").check("ethtool -l eth0").stdout.split("Current hardware settings:")[1]
+    assert re.search(r"Combined:\s+2\b", combined)
+    assert g1.check("cat /sys/class/net/eth0/queues/rx-0/rps_cpus /sys/class/net/eth0/queues/rx-1/rps_cpus"
+                    ).stdout.split() == ["2", "1"]
+    with IPRoute() as ipr:
+        tap = ipr.link("get", index=ipr.link_lookup(ifname=single.taps["t0"])[0])[0]
+    assert tap.get("txqlen") == 1000 and tap.get("mtu") == 1500
+    assert single.backends["t0"] == ("vhost" if os.path.exists("/dev/vhost-net") else "userspace")
+    assert peer.check("ping -c2 -W2 10.77.0.2").rc == 0
+    assert tcp_transfer(g1, peer, "10.77.0.2") == 1 << 20
+
+
+def test_guest_pair_talk_over_the_host_bridge(lab):
+    pair = lab("guest-pair")
+    g1, g2 = pair.guest("g1"), pair.guest("g2")
+    assert g1.check("ping -c2 -W2 10.77.1.2").rc == 0
+    assert tcp_transfer(g2, g1, "10.77.1.2") == 1 << 20
+
+
+def test_proxy_hops_http_goes_through_the_proxy_only(lab):
+    hops = lab("proxy-hops")
+    client = hops.container("g1", "client")
+    proxy = hops.container("g1", "proxy")
+    assert client.check("curl -s -m 10 http://10.77.2.1/").stdout == "ok\n"
+    assert proxy.check("ping -c1 -W2 10.77.3.2").rc == 0
+    assert tcp_transfer(proxy, client, "10.77.2.1") == 1 << 20
+    assert unreachable(client, "10.77.3.2")  # no route around the proxy
+    for where, dev in ((client, "c0"), (proxy, "p0"), (proxy, "p1"), (hops.container("g1", "server"), "s0")):
+        assert where.check(f"tc qdisc show dev {dev}").stdout.startswith("qdisc pfifo_fast")
+    workers = hops.container("g1", "server").check("ps -C nginx -o args= | grep -c 'worker process'").stdout.strip()
+    assert int(workers) == 4  # two nginx (proxy, server), one worker per vCPU each
+
+
+def test_host_client_reaches_guest_proxy_not_server(lab):
+    hg = lab("host-to-guest-proxy")
+    client = hg.host_ns("client")
+    assert client.check("curl -s -m 10 http://10.77.7.2/").stdout == "ok\n"
+    assert tcp_transfer(hg.guest("g1"), client, "10.77.4.2") == 1 << 20
+    assert unreachable(client, "10.77.5.2")
+
+
+def test_lab_leaves_the_hosts_own_addresses_and_routes_alone(harness):
+    def host_state():
+        with IPRoute() as ipr:
+            addrs = sorted((a.get("index"), a.get("address")) for a in ipr.addr("dump"))
+            routes = sorted(str(r.get("dst")) + str(r.get("gateway")) for r in ipr.route("dump"))
+        return addrs, routes
+    before = host_state()
+    lab = harness.start_lab("single-mq")
+    try:
+        assert host_state()[1] == before[1]
+        assert {a for a in host_state()[0]} - set(before[0]) == set()
+    finally:
+        harness.stop_lab(lab)
+    assert host_state() == before
+    assert lab_objects(lab.lab_id) == set()
+
+
+def test_a_lab_that_fails_mid_setup_leaves_nothing(harness, tmp_path):
+    bad = tmp_path / "fails.yaml"
+    bad.write_text(textwrap.dedent("""
+        name: fails
+        bridges: [{name: br0}]
+        guests:
+          - name: g1
+            sysctls: {net.core.no_such_sysctl: "1"}
+            nics: [{tap: t0, bridge: br0, address: 10.77.9.2/24}]
+    """))
+    lab = Lab.from_yaml(bad, kernel=harness.kernel, accel=harness.accel, log_dir=harness.log_dir)
+    before = lab_objects()
+    with pytest.raises(Exception) as err:
+        lab.up()
+    assert "no_such_sysctl" in str(err.value)
+    assert lab_objects() == before
+
+
+def test_vhost_on_without_the_device_fails_clearly_and_creates_nothing(harness, tmp_path):
+    if os.path.exists("/dev/vhost-net"):
+        pytest.skip("this host has /dev/vhost-net: the error path needs it missing")
+    path = tmp_path / "vhost.yaml"
+    path.write_text("name: vh\nguests:\n  - name: g1\n    nics: [{tap: t0, vhost: 'on'}]\n")
+    before = lab_objects()
+    with pytest.raises(LabError, match=r"guests\[0\]\.nics\[0\]\.vhost: on, but this host has no /dev/vhost-net"):
+        Lab.from_yaml(path, kernel=harness.kernel, accel=harness.accel).up()
+    assert lab_objects() == before
+
+
+HOLD = textwrap.dedent('''
+    import time
+    def test_hold(lab):
+        l = lab("{path}")
+        print("LAB-UP", l.lab_id, flush=True)
+        time.sleep(600)
+''')
+
+
+def test_two_labs_side_by_side_and_a_killed_ones_leftovers_are_reaped(lab, pytestconfig, tmp_path):
+    (tmp_path / "test_hold.py").write_text(HOLD.replace("{path}", f"{ROOT}/topologies/single-mq.yaml"))
+    argv = [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+            "--harness-logs", str(tmp_path / "logs"), "--accel", pytestconfig.getoption("accel"),
+            str(tmp_path / "test_hold.py")]
+    if pytestconfig.getoption("kernel"):
+        argv += ["--kernel", pytestconfig.getoption("kernel")]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        mine = lab("single-mq")          # the same topology, in this process
+        child_id = None
+        for line in child.stdout:  # pytest -s prints the file name first
+            if "LAB-UP" in line:
+                child_id = line.split("LAB-UP", 1)[1].split()[0]
+                break
+        assert child_id and child_id != mine.lab_id
+        assert lab_objects(child_id) and lab_objects(mine.lab_id)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    reap_stale_guests()
+    reap_stale_labs()
+    assert lab_objects(child_id) == set()
+    # The live lab was not touched by the reaping.
+    assert mine.host_ns("peer").check("ping -c1 -W2 10.77.0.2").rc == 0
