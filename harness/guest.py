@@ -123,7 +123,11 @@ class Guest:
         modules = self.kernel.modules_dir or ""
         venv = sys.prefix if sys.prefix != sys.base_prefix else ""
         keep = ",".join(dict.fromkeys(str(p) for p in (REPO, venv, modules) if p))
-        return (f"console=ttyS0,115200 loglevel=5 panic=-1 mitigations=off {_lpj(self.kernel)}"
+        # nohz=off under TCG: an idle vCPU whose one-shot timer wakeup is lost
+        # never wakes again (seen as an RCU stall with the vCPU halted); with a
+        # periodic tick the next tick recovers it.
+        tcg = " nohz=off" if self.accel == "tcg" else ""
+        return (f"console=ttyS0,115200 loglevel=5 panic=-1 mitigations=off {_lpj(self.kernel)}{tcg}"
                 f"harness.name={self.name} harness.modules={modules} harness.venv={venv} "
                 f"harness.keep={keep} {self.extra_cmdline}").strip()
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
@@ -36,6 +37,15 @@ class ImageError(HarnessError):
     pass
 
 
+# Guests of a lab boot in parallel threads: one builds, the others wait.
+_build_lock = threading.Lock()
+
+
+def _tmp_beside(path: Path) -> Path:
+    """A temporary name next to ``path``, unique to this process and thread."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
 def _digest(*parts: bytes) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -49,7 +59,7 @@ def build_agent() -> Path:
     out = cache_dir() / "agent" / f"agent-{_digest(src)}"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
+        tmp = _tmp_beside(out)
         cmd(["gcc", "-static", "-O2", "-Wall", "-o", tmp, GUEST_DIR / "agent.c"])
         os.replace(tmp, out)
     return out
@@ -81,7 +91,7 @@ def build_static_shell(log=print) -> Path:
         src = Path(tmp) / "src"
         cmd(["./configure", "--enable-static", "CFLAGS=-O2"], cwd=src, timeout=300)
         cmd(["make", f"-j{os.cpu_count() or 1}"], cwd=src, timeout=600)
-        tmp_out = out.with_suffix(".tmp")
+        tmp_out = _tmp_beside(out)
         shutil.copy(src / "src" / "dash", tmp_out)
         os.replace(tmp_out, out)
     return out
@@ -176,6 +186,11 @@ def build_initramfs(kernel: Kernel) -> Path:
     The cache key hashes each input's path, size and mtime (and the text of the
     generated files), so a warm start reads no file contents.
     """
+    with _build_lock:
+        return _build_initramfs(kernel)
+
+
+def _build_initramfs(kernel: Kernel) -> Path:
     if not BUSYBOX.exists():
         raise ImageError(f"{BUSYBOX} is missing: install busybox-static (tools/setup does)")
     modules = stage1_modules(kernel)
@@ -223,7 +238,7 @@ def build_initramfs(kernel: Kernel) -> Path:
             (root / rel).write_bytes(data)
             os.chmod(root / rel, mode)
         names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-        part = out.with_suffix(".tmp")
+        part = _tmp_beside(out)
         with open(part, "wb") as f:
             subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"], cwd=root,
                            input="\n".join(names).encode(), stdout=f, check=True)

@@ -140,7 +140,7 @@ class Kernel:
             if data is None or not has_pvh_entry_bytes(data):
                 return self.image
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.{id(self)}.tmp")
             tmp.write_bytes(data)
             os.replace(tmp, cached)
         return cached

@@ -302,6 +302,9 @@ def lab(harness, _module_labs):
             harness.stop_lab(current)  # a guest crashed: the next test gets a fresh lab
             current = None
         if current is None:
+            # One lab at a time: idle TCG guests still cost host CPU.
+            for other in list(_module_labs):
+                harness.stop_lab(_module_labs.pop(other))
             current = _module_labs[topology] = harness.start_lab(topology)
         return current
 
