@@ -44,19 +44,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def in_netns(name: str, fn):
-    """fn(ipr) with an IPRoute inside namespace ``name``.
-
-    Runs in a thread that joins the namespace with setns(2), which moves only
-    that thread: pyroute2's own NetNS forks this (multi-threaded) process, and
-    a forked copy of a test run must never run on."""
+def in_netns_call(name: str, fn):
+    """fn() run in a thread that joined namespace ``name`` (setns(2), that
+    thread only; pyroute2's own NetNS forks this multi-threaded process)."""
     box = {}
 
     def work():
         try:
             netns.setns(name, flags=0, fork=False)
-            with IPRoute() as ipr:
-                box["result"] = fn(ipr)
+            box["result"] = fn()
         except BaseException as e:  # re-raised in the caller
             box["error"] = e
 
@@ -66,6 +62,16 @@ def in_netns(name: str, fn):
     if "error" in box:
         raise box["error"]
     return box.get("result")
+
+
+def in_netns(name: str, fn):
+    """fn(ipr) with an IPRoute inside namespace ``name``."""
+
+    def with_iproute():
+        with IPRoute() as ipr:
+            return fn(ipr)
+
+    return in_netns_call(name, with_iproute)
 
 
 def _silence_ipv6(ifname: str):
