@@ -53,6 +53,8 @@ class Kernel:
         near = [path.parent]
         if path.parent.name == "boot" and path.parent.parent.parent.name == "arch":
             near.append(path.parent.parent.parent.parent)  # tree root
+        elif path.parent.name == "boot":
+            near.append(path.parent.parent)  # /boot/vmlinuz-X beside /lib/modules/X
         if kconfig is None:
             kconfig = next((d / ".config" for d in near if (d / ".config").is_file()), None)
             if kconfig is None:

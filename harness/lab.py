@@ -161,6 +161,8 @@ class Lab:
         self.host_namespaces = {}
 
     def _check_environment(self):
+        for spec in self.topology.guests:
+            self._kernel_for(spec)  # a bad kernel path fails before anything is created
         for gi, spec in enumerate(self.topology.guests):
             for ni, nic in enumerate(spec.nics):
                 if nic.vhost == "on" and not os.path.exists(VHOST_NET):
@@ -208,6 +210,22 @@ class Lab:
                 host.sysctl(ns.name, "net.ipv4.ip_forward", "1")
         return interfaces
 
+    def _kernel_for(self, spec: model.Guest) -> Kernel:
+        """default, a name given to Lab(kernels=...), or a bzImage / build
+        directory (relative to the topology file)."""
+        if spec.kernel == "default":
+            return self.kernel
+        if spec.kernel in self.kernels:
+            return self.kernels[spec.kernel]
+        path = Path(spec.kernel)
+        if not path.is_absolute() and self.topology.source not in ("<string>", "<memory>"):
+            path = Path(self.topology.source).parent / path
+        gi = self.topology.guests.index(spec)
+        try:
+            return Kernel.from_path(path)
+        except HarnessError as e:
+            raise LabError(f"{self.topology.source}: guests[{gi}].kernel: {e}") from None
+
     def _mac(self, gi: int, ni: int, nic: model.Nic) -> str:
         return nic.mac or _mac(self.host.lab_id, gi, ni)
 
@@ -215,7 +233,7 @@ class Lab:
         errors = []
 
         def boot(spec: model.Guest):
-            kernel = self.kernels.get(spec.kernel, self.kernel) if spec.kernel != "default" else self.kernel
+            kernel = self._kernel_for(spec)
             guest = Guest(f"{spec.name}-{self.host.lab_id}", kernel, vcpus=spec.vcpus,
                           memory_mb=spec.memory_mb, cmdline=spec.cmdline, accel=self.accel,
                           log_dir=self.log_dir, interfaces=interfaces[spec.name])

@@ -174,3 +174,30 @@ def test_two_labs_side_by_side_and_a_killed_ones_leftovers_are_reaped(lab, pytes
     assert lab_objects(child_id) == set()
     # The live lab was not touched by the reaping.
     assert mine.host_ns("peer").check("ping -c1 -W2 10.77.0.2").rc == 0
+
+
+def test_each_guest_can_name_its_own_kernel(harness, tmp_path):
+    """kernel: a path per guest (here the default kernel's image for one guest,
+    the default for the other); a bad path fails before anything exists."""
+    image = harness.kernel.image
+    path = tmp_path / "kernels.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: kernels
+        bridges: [{{name: br0}}]
+        guests:
+          - name: g1
+            kernel: {image}
+            nics: [{{tap: t1, bridge: br0, address: 10.77.10.1/24}}]
+          - name: g2
+            nics: [{{tap: t2, bridge: br0, address: 10.77.10.2/24}}]
+    """))
+    lab = Lab.from_yaml(path, kernel=harness.kernel, accel=harness.accel, log_dir=harness.log_dir)
+    with lab:
+        assert lab.guest("g1").kernel.image == image
+        assert lab.guest("g1").check("ping -c1 -W2 10.77.10.2").rc == 0
+    bad = tmp_path / "badkernel.yaml"
+    bad.write_text("name: badk\nguests:\n  - name: g1\n    kernel: /nonexistent/bzImage\n")
+    before = lab_objects()
+    with pytest.raises(LabError, match=r"guests\[0\]\.kernel: --kernel /nonexistent/bzImage: no such file"):
+        Lab.from_yaml(bad, kernel=harness.kernel, accel=harness.accel).up()
+    assert lab_objects() == before
