@@ -7,6 +7,7 @@ run left behind.
 """
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import re
@@ -40,7 +41,19 @@ def libvirt_conn():
         except libvirt.libvirtError as e:
             raise HarnessError(f"cannot connect to libvirtd at qemu:///system ({e}); "
                                "is libvirtd running? tools/setup starts it") from None
+        atexit.register(_close_conn)
     return _libvirt_conn
+
+
+def _close_conn():
+    """Close before interpreter teardown (libvirt's __del__ fails after it)."""
+    global _libvirt_conn
+    if _libvirt_conn is not None:
+        try:
+            _libvirt_conn.close()
+        except Exception:
+            pass
+        _libvirt_conn = None
 
 
 def _pid_alive(pid: int) -> bool:
