@@ -21,7 +21,7 @@ from .console import (AgentChannel, CommandFailed, ConsoleLog, GuestError, Job, 
 from .images import build_initramfs, domain_xml
 from .kernel import Kernel
 from .splat import Splat
-from .util import RUN_ROOT, HarnessError, run_dir
+from .util import RUN_ROOT, HarnessError, run_dir, pid_alive
 
 DOMAIN_PREFIX = "harness"
 REPO = Path(__file__).resolve().parent.parent
@@ -56,14 +56,6 @@ def _close_conn():
         _libvirt_conn = None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def reap_stale_guests() -> list[str]:
@@ -73,7 +65,7 @@ def reap_stale_guests() -> list[str]:
     reaped = []
     for dom in conn.listAllDomains():
         m = _DOMAIN_RE.match(dom.name())
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             try:
                 if dom.isActive():
                     dom.destroy()
@@ -85,7 +77,7 @@ def reap_stale_guests() -> list[str]:
     if RUN_ROOT.is_dir():
         for d in RUN_ROOT.iterdir():
             m = _DOMAIN_RE.match(d.name)
-            if m and not _pid_alive(int(m.group(1))):
+            if m and not pid_alive(int(m.group(1))):
                 shutil.rmtree(d, ignore_errors=True)
     return reaped
 

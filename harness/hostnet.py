@@ -23,7 +23,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .console import CommandFailed, Result
-from .util import RUN_ROOT, HarnessError
+from .util import RUN_ROOT, HarnessError, pid_alive
 
 PREFIX = "nh"
 _OURS = re.compile(rf"^{PREFIX}([0-9a-f]{{4}})")
@@ -34,14 +34,6 @@ class HostNetError(HarnessError):
     pass
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def in_netns_call(name: str, fn):
@@ -278,7 +270,7 @@ def reap_stale_labs() -> list[str]:
                 data = json.loads(registry.read_text())
             except (OSError, ValueError):
                 data = {"owner": 0, "objects": []}
-            if _pid_alive(int(data.get("owner", 0))):
+            if pid_alive(int(data.get("owner", 0))):
                 continue
             remove_objects([tuple(o) for o in data.get("objects", [])])
             registry.unlink(missing_ok=True)

@@ -35,6 +35,17 @@ def cmd(argv, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:
     return result
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists (owners of guests and labs, for reaping)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def cache_dir() -> Path:
     """Per-user cache: kernels, initramfs images, the KVM probe verdict."""
     base = os.environ.get("HARNESS_CACHE") or os.path.join(
