@@ -56,8 +56,6 @@ def _close_conn():
         _libvirt_conn = None
 
 
-
-
 def reap_stale_guests() -> list[str]:
     """Destroy domains and run dirs whose owning process is gone."""
     import libvirt

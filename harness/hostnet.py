@@ -34,8 +34,6 @@ class HostNetError(HarnessError):
     pass
 
 
-
-
 def in_netns_call(name: str, fn):
     """fn() run in a thread that joined namespace ``name`` (setns(2), that
     thread only; pyroute2's own NetNS forks this multi-threaded process)."""
