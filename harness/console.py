@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from .splat import Splat, SplatScanner, is_panic
+from .splat import Splat, SplatScanner
 from .util import HarnessError
 
 HEADER = struct.Struct("<IIB3x")

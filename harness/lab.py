@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import model
-from .console import CommandFailed, GuestError, Result
+from .console import CommandFailed, Result
 from .guest import Guest
 from .hostnet import HostNamespace, HostNet
 from .kernel import Kernel
@@ -95,6 +95,7 @@ class Lab:
         self.backends: dict[str, str] = {}      # topology tap -> "vhost" | "userspace"
         self.up_seconds: float | None = None
         self._owner = os.getpid()
+        self._kernels: dict[str, Kernel] = {}  # guest name -> its kernel, resolved once
 
     @classmethod
     def from_yaml(cls, path, **kw) -> "Lab":
@@ -213,6 +214,11 @@ class Lab:
     def _kernel_for(self, spec: model.Guest) -> Kernel:
         """default, a name given to Lab(kernels=...), or a bzImage / build
         directory (relative to the topology file)."""
+        if spec.name not in self._kernels:
+            self._kernels[spec.name] = self._resolve_kernel(spec)
+        return self._kernels[spec.name]
+
+    def _resolve_kernel(self, spec: model.Guest) -> Kernel:
         if spec.kernel == "default":
             return self.kernel
         if spec.kernel in self.kernels:

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from .accel import resolve as resolve_accel
-from .console import GuestError
 from .guest import Guest, libvirt_conn, reap_stale_guests
 from .hostnet import reap_stale_labs
 from .images import build_initramfs

@@ -1,7 +1,6 @@
 """Small host-side helpers: running commands, the cache and run directories."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 from pathlib import Path
@@ -63,23 +62,3 @@ def run_dir(name: str) -> Path:
     path = RUN_ROOT / name
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
-
-
-@dataclasses.dataclass
-class Deferred:
-    """Cleanups run in reverse order of registration (selftests' defer())."""
-    _stack: list = dataclasses.field(default_factory=list)
-
-    def defer(self, fn, *args, **kw):
-        self._stack.append((fn, args, kw))
-
-    def run(self):
-        errors = []
-        while self._stack:
-            fn, args, kw = self._stack.pop()
-            try:
-                fn(*args, **kw)
-            except Exception as e:  # keep cleaning; report the first failure
-                errors.append(e)
-        if errors:
-            raise errors[0]

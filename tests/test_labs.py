@@ -1,6 +1,5 @@
 """Shipped topologies come up, talk where they should and only there, and
 leave nothing behind (issue 3)."""
-import json
 import os
 import re
 import signal
@@ -15,7 +14,6 @@ from pyroute2 import IPRoute
 from harness.guest import libvirt_conn, reap_stale_guests
 from harness.hostnet import reap_stale_labs
 from harness.lab import Lab, LabError
-from harness.model import parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OURS = re.compile(r"^nh([0-9a-f]{4})")

@@ -3,15 +3,11 @@
 These run pytest itself in a subprocess on a small test file, because what
 they check is how the plugin reports a session.
 """
-import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 import xml.etree.ElementTree as ET
-
-import pytest
 
 from harness.guest import libvirt_conn, reap_stale_guests
 
