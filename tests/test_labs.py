@@ -43,6 +43,17 @@ def tcp_transfer(server, client, address, nbytes=1 << 20, port=5001):
     return int(sink.wait(60).stdout)
 
 
+def up_fails_leaving_nothing(harness, path, error=Exception, match=None):
+    """Lab.up() on ``path`` raises ``error`` matching ``match`` and leaves no
+    prefixed link, namespace or domain behind.  Returns the error text."""
+    lab = Lab.from_yaml(path, kernel=harness.kernel, accel=harness.accel, log_dir=harness.log_dir)
+    before = lab_objects()
+    with pytest.raises(error, match=match) as err:
+        lab.up()
+    assert lab_objects() == before
+    return str(err.value)
+
+
 def unreachable(where, address):
     result = where.run(f"ping -c1 -W1 {address}")
     return result.rc != 0
@@ -119,12 +130,7 @@ def test_a_lab_that_fails_mid_setup_leaves_nothing(harness, tmp_path):
             sysctls: {net.core.no_such_sysctl: "1"}
             nics: [{tap: t0, bridge: br0, address: 10.77.9.2/24}]
     """))
-    lab = Lab.from_yaml(bad, kernel=harness.kernel, accel=harness.accel, log_dir=harness.log_dir)
-    before = lab_objects()
-    with pytest.raises(Exception) as err:
-        lab.up()
-    assert "no_such_sysctl" in str(err.value)
-    assert lab_objects() == before
+    assert "no_such_sysctl" in up_fails_leaving_nothing(harness, bad)
 
 
 def test_vhost_on_without_the_device_fails_clearly_and_creates_nothing(harness, tmp_path):
@@ -132,10 +138,8 @@ def test_vhost_on_without_the_device_fails_clearly_and_creates_nothing(harness, 
         pytest.skip("this host has /dev/vhost-net: the error path needs it missing")
     path = tmp_path / "vhost.yaml"
     path.write_text("name: vh\nguests:\n  - name: g1\n    nics: [{tap: t0, vhost: 'on'}]\n")
-    before = lab_objects()
-    with pytest.raises(LabError, match=r"guests\[0\]\.nics\[0\]\.vhost: on, but this host has no /dev/vhost-net"):
-        Lab.from_yaml(path, kernel=harness.kernel, accel=harness.accel).up()
-    assert lab_objects() == before
+    up_fails_leaving_nothing(harness, path, LabError,
+                             r"guests\[0\]\.nics\[0\]\.vhost: on, but this host has no /dev/vhost-net")
 
 
 HOLD = textwrap.dedent('''
@@ -195,7 +199,5 @@ def test_each_guest_can_name_its_own_kernel(harness, tmp_path):
         assert lab.guest("g1").check("ping -c1 -W2 10.77.10.2").rc == 0
     bad = tmp_path / "badkernel.yaml"
     bad.write_text("name: badk\nguests:\n  - name: g1\n    kernel: /nonexistent/bzImage\n")
-    before = lab_objects()
-    with pytest.raises(LabError, match=r"guests\[0\]\.kernel: --kernel /nonexistent/bzImage: no such file"):
-        Lab.from_yaml(bad, kernel=harness.kernel, accel=harness.accel).up()
-    assert lab_objects() == before
+    up_fails_leaving_nothing(harness, bad, LabError,
+                             r"guests\[0\]\.kernel: --kernel /nonexistent/bzImage: no such file")
