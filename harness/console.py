@@ -247,7 +247,9 @@ class AgentChannel:
             except OSError as e:
                 self.fail(f"command channel lost ({e})")
 
-    def start(self, command: str) -> Job:
+    def start(self, command: str, kind: bytes = b"R") -> Job:
+        """Start a job: ``R`` runs ``command`` with the shell, ``D`` dumps files
+        (see agent.c)."""
         with self._jobs_lock:
             job_id = self._next_id
             self._next_id += 1
@@ -257,7 +259,7 @@ class AgentChannel:
                 job.done.set()
                 return job
             self._jobs[job_id] = job
-        self.send(job_id, b"R", command.encode())
+        self.send(job_id, kind, command.encode())
         return job
 
     def ping(self, timeout: float = 10.0) -> float:

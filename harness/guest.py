@@ -212,6 +212,13 @@ class Guest:
     def run(self, command: str, timeout: float = 60.0) -> Result:
         return self.spawn(command).wait(timeout)
 
+    def dump(self, patterns: list[str], netns: str = "") -> Job:
+        """Start reading the files matching glob ``patterns`` (in network
+        namespace ``netns``) without starting a program; see read_files()."""
+        if self.agent is None:
+            raise GuestError(f"{self.name}: not started")
+        return self.agent.start("\n".join([netns, *patterns]), kind=b"D")
+
     def check(self, command: str, timeout: float = 60.0) -> Result:
         result = self.run(command, timeout)
         if result.rc != 0:

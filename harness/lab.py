@@ -55,6 +55,9 @@ class Container:
     def spawn(self, command: str):
         return self.guest.spawn(self._wrap(command))
 
+    def dump(self, patterns: list[str]):
+        return self.guest.dump(patterns, netns=self.name)
+
     def __repr__(self):
         return f"<Container {self.guest.name}/{self.name}>"
 

@@ -7,7 +7,8 @@ from pyroute2 import IPRoute
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from harness.observe import MissingCounter, parse_links, parse_softnet, snapshot
+from harness.observe import (MissingCounter, parse_cpu_list, parse_ethtool, parse_interrupts, parse_netdev,
+                             parse_qdiscs, parse_softnet, parse_threads, snapshot)
 from harness.traffic import send_frames
 
 # 13 columns: the 5.10-6.7 layout (6.1), written in its format; 15 columns:
@@ -40,17 +41,60 @@ def test_softnet_delta():
     assert (after[0] - before[0]).processed == 0x100
 
 
-def test_links_parse_ip_json():
-    text = ('[{"ifname":"eth0","stats64":{"rx":{"bytes":640,"packets":10,"errors":0,"dropped":1},'
-            '"tx":{"bytes":0,"packets":0,"errors":0,"dropped":0}}}]')
-    eth0 = parse_links(text)["eth0"]
-    assert eth0.rx.packets == 10 and eth0.rx.dropped == 1
+NETDEV = """Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0
+  eth0:     640      10    0    1    0     0          0         0      140       2    0    3    0     0       0          0
+"""
 
 
-def test_guest_softnet_is_parsed(guest):
-    rows = snapshot(guest).softnet
-    assert sorted(rows) == list(range(int(guest.check("nproc").stdout)))
-    assert rows[0].processed >= 0
+def test_links_parse_proc_net_dev():
+    eth0 = parse_netdev(NETDEV)["eth0"]
+    assert (eth0.rx.packets, eth0.rx.bytes, eth0.rx.dropped) == (10, 640, 1)
+    assert (eth0.tx.packets, eth0.tx.bytes, eth0.tx.dropped) == (2, 140, 3)
+
+
+def test_ethtool_queues_under_both_naming_schemes():
+    nics = parse_ethtool("eth0 rx_queue_0_packets 5\neth0 rx_queue_1_packets 7\neth0 tx_queue_1_bytes 9\n"
+                         "eth1 rx0_drops 1\neth1 rx1_kicks 3\neth1 tx1_kicks 4\neth1 rx_drops 2\n")
+    assert nics["eth0"].queue(1).rx == {"packets": 7} and nics["eth0"].queue(1).tx == {"bytes": 9}
+    assert nics["eth1"].queue(1).rx == {"kicks": 3} and nics["eth1"].queues == 2
+    assert nics["eth1"]["rx_drops"] == 2
+    with pytest.raises(KeyError, match="eth1: ethtool -S has no 'rx_packets'"):
+        nics["eth1"]["rx_packets"]
+
+
+def test_qdisc_delta_keeps_backlog_as_a_gauge():
+    before = parse_qdiscs("eth0 mq 0: root 100 10 0 0 0 0 0\neth0 pfifo_fast 0: :1 100 10 0 0 0 0 0\n")
+    after = parse_qdiscs("eth0 mq 0: root 300 30 2 0 1 64 1\neth0 pfifo_fast 0: :1 300 30 2 0 1 64 1\n")
+    from harness.observe import Snapshot
+    d = Snapshot({}, {}, qdiscs=after) - Snapshot({}, {}, qdiscs=before)
+    assert (d.qdisc("eth0").packets, d.qdisc("eth0").drops, d.qdisc("eth0").backlog) == (20, 2, 64)
+    assert d.qdisc("eth0", ":1").kind == "pfifo_fast" and len(d.children("eth0")) == 1
+
+
+def test_threads_interrupts_and_cpu_lists():
+    assert parse_cpu_list("0-2,5") == {0, 1, 2, 5}
+    threads = parse_threads("31 1 backlog_napi/1\n30 0 backlog_napi/0\n")
+    assert [(t.pid, t.name, t.cpus) for t in threads] == [(30, "backlog_napi/0", {0}), (31, "backlog_napi/1", {1})]
+    irqs = parse_interrupts("           CPU0       CPU1\n 33:          0          5  PCI-MSIX-0000:03:00.0"
+                            "   1-edge      virtio1-input.0\nERR:          0\n")
+    assert irqs[0].counts == (0, 5) and irqs[0].description.endswith("virtio1-input.0")
+
+
+def test_guest_snapshot_reads_every_part(lab):
+    """One snapshot of a live 6.12 guest: softnet (15 columns), links,
+    per-queue ethtool counters, the mq qdisc with one child per queue, one
+    ksoftirqd per CPU pinned to it, sysctls and the NIC's interrupts."""
+    g1 = lab("single-mq").guest("g1")
+    s = snapshot(g1)
+    ncpu = int(g1.check("nproc").stdout)
+    assert sorted(s.softnet) == list(range(ncpu)) and s.softnet[0].input_qlen >= 0
+    assert "eth0" in s.links and s.nic("eth0").queues == 2
+    assert s.qdisc("eth0").kind == "mq" and len(s.children("eth0")) == 2
+    assert [(t.name, t.cpus) for t in s.threads("ksoftirqd/*")] == [(f"ksoftirqd/{n}", {n}) for n in range(ncpu)]
+    assert s.sysctl("net.core.netdev_max_backlog") == g1.check("sysctl -n net.core.netdev_max_backlog").stdout.strip()
+    assert len(s.interrupts("-input.")) == ncpu
 
 
 def test_frames_from_the_host_are_counted_exactly_in_the_guest(lab):

@@ -3,7 +3,10 @@
  *
  * Frames both ways: a 12-byte header {u32 id, u32 len, u8 type, 3 pad},
  * little-endian, then len bytes.  Host -> guest: 'R' run payload with
- * /bin/sh, 'K' kill the process group of job id, 'P' ping (echoed back).
+ * /bin/sh, 'D' dump files (payload: a network namespace name or an empty
+ * line, then one glob pattern per line, or @ethtool / @qdisc for those
+ * counters, or "@threads PATTERN..." for matching threads; the job's stdout is, per file, NUL, path, newline, contents), 'K' kill the process group of job id,
+ * 'P' ping (echoed back).
  * Guest -> host: 'H' hello (payload: uname release), 'O'/'E' stdout/stderr
  * bytes of a job,
  * 'X' exit status of a job (decimal text; 128+signal when killed),
@@ -18,6 +21,18 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
+#include <fnmatch.h>
+#include <glob.h>
+#include <net/if.h>
+#include <linux/ethtool.h>
+#include <linux/gen_stats.h>
+#include <linux/netlink.h>
+#include <linux/pkt_sched.h>
+#include <linux/rtnetlink.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -82,7 +97,167 @@ static int pump(struct job *j, int *fd, uint8_t type)
 	}
 }
 
-static void start(uint32_t id, char *command)
+/* "@ethtool": ethtool -S of every link, as "dev counter value" lines. */
+static void dump_ethtool(void)
+{
+	int sock = socket(AF_INET, SOCK_DGRAM, 0);
+	struct if_nameindex *links = if_nameindex();
+	for (struct if_nameindex *l = links; l && l->if_index; l++) {
+		struct { struct ethtool_sset_info info; uint32_t len; } sset = {
+			{ .cmd = ETHTOOL_GSSET_INFO, .sset_mask = 1ULL << ETH_SS_STATS } };
+		struct ifreq ifr = { 0 };
+		snprintf(ifr.ifr_name, IFNAMSIZ, "%s", l->if_name);
+		ifr.ifr_data = (void *)&sset;
+		if (ioctl(sock, SIOCETHTOOL, &ifr) || !sset.info.sset_mask || !sset.len)
+			continue;
+		uint32_t n = sset.len;
+		struct ethtool_gstrings *names = calloc(1, sizeof(*names) + n * ETH_GSTRING_LEN);
+		struct ethtool_stats *stats = calloc(1, sizeof(*stats) + n * sizeof(uint64_t));
+		names->cmd = ETHTOOL_GSTRINGS; names->string_set = ETH_SS_STATS; names->len = n;
+		stats->cmd = ETHTOOL_GSTATS; stats->n_stats = n;
+		ifr.ifr_data = (void *)names;
+		int ok = !ioctl(sock, SIOCETHTOOL, &ifr);
+		ifr.ifr_data = (void *)stats;
+		ok = ok && !ioctl(sock, SIOCETHTOOL, &ifr);
+		for (uint32_t i = 0; ok && i < n && i < stats->n_stats; i++)
+			dprintf(1, "%s %.*s %llu\n", l->if_name, ETH_GSTRING_LEN,
+				(char *)names->data + i * ETH_GSTRING_LEN, (unsigned long long)stats->data[i]);
+		free(names); free(stats);
+	}
+	if (links) if_freenameindex(links);
+	close(sock);
+}
+
+static void tc_handle(char *out, size_t len, uint32_t h)
+{
+	if (h == TC_H_ROOT) snprintf(out, len, "root");
+	else if (!h) snprintf(out, len, "0:");
+	else if (!TC_H_MAJ(h)) snprintf(out, len, ":%x", TC_H_MIN(h));
+	else if (!TC_H_MIN(h)) snprintf(out, len, "%x:", TC_H_MAJ(h) >> 16);
+	else snprintf(out, len, "%x:%x", TC_H_MAJ(h) >> 16, TC_H_MIN(h));
+}
+
+/* "@qdisc": every qdisc (an RTM_GETQDISC dump), as lines of
+ * "dev kind handle parent bytes packets drops overlimits requeues backlog qlen". */
+static void dump_qdiscs(void)
+{
+	static char buf[CHUNK];
+	struct { struct nlmsghdr nh; struct tcmsg tc; } req = {
+		{ NLMSG_LENGTH(sizeof(struct tcmsg)), RTM_GETQDISC, NLM_F_REQUEST | NLM_F_DUMP, 1, 0 }, { 0 } };
+	int sock = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+	if (sock < 0 || send(sock, &req, req.nh.nlmsg_len, 0) < 0) return;
+	for (;;) {
+		ssize_t n = recv(sock, buf, sizeof(buf), 0);
+		if (n <= 0) break;
+		for (struct nlmsghdr *nh = (void *)buf; NLMSG_OK(nh, n); nh = NLMSG_NEXT(nh, n)) {
+			if (nh->nlmsg_type == NLMSG_DONE || nh->nlmsg_type == NLMSG_ERROR) { close(sock); return; }
+			struct tcmsg *tc = NLMSG_DATA(nh);
+			char kind[32] = "?", dev[IFNAMSIZ] = "?", handle[16], parent[16];
+			struct gnet_stats_basic basic = { 0 };
+			struct gnet_stats_queue queue = { 0 };
+			uint64_t packets64 = 0; int have64 = 0;
+			int len = nh->nlmsg_len - NLMSG_LENGTH(sizeof(*tc));
+			for (struct rtattr *a = (void *)((char *)tc + NLMSG_ALIGN(sizeof(*tc))); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+				if (a->rta_type == TCA_KIND)
+					snprintf(kind, sizeof(kind), "%s", (char *)RTA_DATA(a));
+				if (a->rta_type != TCA_STATS2) continue;
+				int slen = RTA_PAYLOAD(a);
+				for (struct rtattr *b = RTA_DATA(a); RTA_OK(b, slen); b = RTA_NEXT(b, slen)) {
+					if (b->rta_type == TCA_STATS_BASIC)
+						memcpy(&basic, RTA_DATA(b), RTA_PAYLOAD(b) < sizeof(basic) ? RTA_PAYLOAD(b) : sizeof(basic));
+					else if (b->rta_type == TCA_STATS_QUEUE)
+						memcpy(&queue, RTA_DATA(b), RTA_PAYLOAD(b) < sizeof(queue) ? RTA_PAYLOAD(b) : sizeof(queue));
+					else if (b->rta_type == TCA_STATS_PKT64) {
+						memcpy(&packets64, RTA_DATA(b), sizeof(packets64)); have64 = 1;
+					}
+				}
+			}
+			if_indextoname(tc->tcm_ifindex, dev);
+			tc_handle(handle, sizeof(handle), tc->tcm_handle);
+			tc_handle(parent, sizeof(parent), tc->tcm_parent);
+			dprintf(1, "%s %s %s %s %llu %llu %u %u %u %u %u\n", dev, kind, handle, parent,
+				(unsigned long long)basic.bytes, have64 ? (unsigned long long)packets64 : basic.packets,
+				queue.drops, queue.overlimits, queue.requeues, queue.backlog, queue.qlen);
+		}
+	}
+	close(sock);
+}
+
+/* "@threads PATTERN...": "pid cpus-allowed-list name" of each thread whose
+ * name matches a pattern (fnmatch); status is read only for those. */
+static void dump_threads(char *patterns)
+{
+	char path[64], line[512], name[64];
+	DIR *proc = opendir("/proc");
+	for (struct dirent *e; proc && (e = readdir(proc));) {
+		if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+		snprintf(path, sizeof(path), "/proc/%.20s/comm", e->d_name);
+		int fd = open(path, O_RDONLY);
+		if (fd < 0) continue;
+		ssize_t n = read(fd, name, sizeof(name) - 1);
+		close(fd);
+		if (n <= 0) continue;
+		name[n - (name[n - 1] == '\n')] = 0;
+		int match = 0;
+		char copy[4096], *save;
+		snprintf(copy, sizeof(copy), "%s", patterns);
+		for (char *p = strtok_r(copy, " ", &save); p && !match; p = strtok_r(NULL, " ", &save))
+			match = !fnmatch(p, name, 0);
+		if (!match) continue;
+		snprintf(path, sizeof(path), "/proc/%.20s/status", e->d_name);
+		FILE *f = fopen(path, "r");
+		while (f && fgets(line, sizeof(line), f))
+			if (!strncmp(line, "Cpus_allowed_list:", 18)) {
+				dprintf(1, "%s %s %s\n", e->d_name, strtok_r(line + 18, " \t\n", &save), name);
+				break;
+			}
+		if (f) fclose(f);
+	}
+	if (proc) closedir(proc);
+}
+
+/* The 'D' job: procfs and sysfs read with a few large reads each, where a
+ * shell's read builtin would make one syscall per byte (and /proc/sys
+ * handlers return EOF to reads at an offset). */
+static void dump(char *request)
+{
+	static char buf[CHUNK];
+	char *netns = request, *patterns = strchr(request, '\n');
+	if (patterns) *patterns++ = 0; else patterns = "";
+	if (*netns) {
+		char path[4096];
+		snprintf(path, sizeof(path), "/run/netns/%.255s", netns);
+		int fd = open(path, O_RDONLY);
+		if (fd < 0 || setns(fd, CLONE_NEWNET)) { perror(path); _exit(1); }
+	}
+	for (char *pattern = strtok(patterns, "\n"); pattern; pattern = strtok(NULL, "\n")) {
+		glob_t g;
+		if (!strncmp(pattern, "@threads ", 9)) {
+			dprintf(1, "%c@threads\n", 0);
+			dump_threads(pattern + 9);
+			continue;
+		}
+		if (!strcmp(pattern, "@ethtool") || !strcmp(pattern, "@qdisc")) {
+			dprintf(1, "%c%s\n", 0, pattern);
+			pattern[1] == 'e' ? dump_ethtool() : dump_qdiscs();
+			continue;
+		}
+		if (glob(pattern, 0, NULL, &g)) continue;
+		for (size_t i = 0; i < g.gl_pathc; i++) {
+			int fd = open(g.gl_pathv[i], O_RDONLY);
+			if (fd < 0) continue; /* a process that just exited */
+			dprintf(1, "%c%s\n", 0, g.gl_pathv[i]);
+			ssize_t n;
+			while ((n = read(fd, buf, sizeof(buf))) > 0)
+				if (write(1, buf, n) != n) _exit(1);
+			close(fd);
+		}
+		globfree(&g);
+	}
+	_exit(0);
+}
+
+static void start(uint32_t id, char *command, int is_dump)
 {
 	int out[2], err[2], slot;
 	for (slot = 0; slot < MAX_JOBS && jobs[slot].pid; slot++) ;
@@ -90,8 +265,9 @@ static void start(uint32_t id, char *command)
 	if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
 		send_text(id, 'F', strerror(errno)); return;
 	}
-	/* vfork: no page tables copied; the agent resumes when the child execs. */
-	pid_t pid = vfork();
+	/* vfork: no page tables copied; the agent resumes when the child execs.
+	 * A dump runs in the child itself, so it needs a real fork. */
+	pid_t pid = is_dump ? fork() : vfork();
 	if (pid < 0) { send_text(id, 'F', strerror(errno)); return; }
 	if (pid == 0) {
 		int null = open("/dev/null", O_RDONLY);
@@ -99,6 +275,7 @@ static void start(uint32_t id, char *command)
 		sched_setaffinity(0, sizeof(all_cpus), &all_cpus);
 		dup2(null, 0); dup2(out[1], 1); dup2(err[1], 2);
 		signal(SIGPIPE, SIG_DFL);
+		if (is_dump) dump(command);
 		execl(shell, "sh", "-c", command, (char *)NULL);
 		_exit(127);
 	}
@@ -140,8 +317,8 @@ static void reap_orphans(void)
 
 static void handle(struct hdr *h, char *payload)
 {
-	if (h->type == 'R') {
-		start(h->id, payload);
+	if (h->type == 'R' || h->type == 'D') {
+		start(h->id, payload, h->type == 'D');
 	} else if (h->type == 'P') {
 		send_frame(h->id, 'P', payload, h->len); /* echo: measures the channel */
 	} else if (h->type == 'K') {
@@ -178,7 +355,16 @@ int main(int argc, char **argv)
 
 	if (argc == 5 && !strcmp(argv[1], "--bind"))
 		return bind_list(argv[2], argv[3], argv[4]);
-	if (argc < 2) { fprintf(stderr, "usage: agent PORT [SHELL] | --bind LIST FROM TO\n"); return 2; }
+	if (argc >= 3 && !strcmp(argv[1], "--dump")) { /* the same dump, for host namespaces */
+		size_t len = 0;
+		for (int i = 2; i < argc; i++)
+			len += snprintf(in + len, sizeof(in) - len, "%s%s", argv[i], i + 1 < argc ? "\n" : "");
+		dump(in);
+	}
+	if (argc < 2) {
+		fprintf(stderr, "usage: agent PORT [SHELL] | --bind LIST FROM TO | --dump NETNS PATTERN...\n");
+		return 2;
+	}
 	if (argc > 2) shell = argv[2];
 	port = open(argv[1], O_RDWR | O_CLOEXEC);
 	if (port < 0) { perror(argv[1]); return 1; }
