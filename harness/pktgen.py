@@ -104,24 +104,41 @@ class Pktgen:
         lines.append("pg $P/pgctrl start")
         return "\n".join(lines)
 
-    def run(self, dev: str, *, count: int, threads: int | None = None, timeout: float = 120.0,
-            **options) -> PktgenResult:
-        """Send ``count`` packets per thread out of ``dev``; the options are
-        those of script() (pkt_size, burst, clone_skb, dst, dst_mac,
-        xmit_mode, flags, rate_pps)."""
+    def start(self, dev: str, *, count: int, threads: int | None = None, first_thread: int = 0,
+              **options) -> "PktgenRun":
+        """Start sending ``count`` packets per thread out of ``dev`` (threads
+        ``first_thread``..; one per vCPU by default); the options are those
+        of script() (pkt_size, burst, clone_skb, dst, dst_mac, xmit_mode,
+        flags, rate_pps)."""
         if threads is None:
-            threads = int(self.where.check("nproc").stdout)
-        job = self.where.spawn(self.script(dev, count=count, threads=threads, **options))
+            threads = int(self.where.check("nproc").stdout) - first_thread
+        script = self.script(dev, count=count, threads=threads, first_thread=first_thread, **options)
+        return PktgenRun(self.where, dev, range(first_thread, first_thread + threads), self.where.spawn(script))
+
+    def run(self, dev: str, *, count: int, timeout: float = 120.0, **options) -> PktgenResult:
+        """start() and wait(): the result of a finished run."""
+        return self.start(dev, count=count, **options).wait(timeout)
+
+
+class PktgenRun:
+    """A pktgen run in progress."""
+
+    def __init__(self, where, dev: str, threads: range, job):
+        self.where, self.dev, self.thread_ids, self.job = where, dev, threads, job
+
+    def wait(self, timeout: float = 120.0) -> PktgenResult:
         try:
-            result = job.wait(timeout)
-        finally:
-            # a killed writer leaves pktgen threads running: stop them
-            if job.running or getattr(job, "rc", 0) != 0:
-                self.where.run("echo stop > /proc/net/pktgen/pgctrl")
+            result = self.job.wait(timeout)
+        except Exception:
+            self.stop()  # a killed writer leaves pktgen threads running
+            raise
         if result.rc != 0:
+            self.stop()
             raise PktgenError(f"pktgen on {self.where!r} failed (rc {result.rc}): {result.stderr.strip()}")
-        files = self.where.dump([f"/proc/net/pktgen/{dev}@*"]).wait(timeout)
         from .observe import split_dump
-        texts = split_dump(files.stdout)
-        return PktgenResult([parse_result(f"{dev}@{t}", texts.get(f"/proc/net/pktgen/{dev}@{t}", ""))
-                             for t in range(threads)])
+        texts = split_dump(self.where.dump([f"/proc/net/pktgen/{self.dev}@*"]).wait(timeout).stdout)
+        return PktgenResult([parse_result(f"{self.dev}@{t}", texts.get(f"/proc/net/pktgen/{self.dev}@{t}", ""))
+                             for t in self.thread_ids])
+
+    def stop(self):
+        self.where.run("echo stop > /proc/net/pktgen/pgctrl")
