@@ -18,6 +18,15 @@ def cmd_build_shell(args):
     print(f"static shell: {build_static_shell()}")
 
 
+def cmd_build_kernel(args):
+    from . import kbuild
+    source = (kbuild.tree_source(args.tree) if args.tree
+              else kbuild.debian_source(args.debian_source, log=kbuild.stderr_log))
+    out = kbuild.build(source, patches=args.patch, fragments=args.config, jobs=args.jobs,
+                       log=kbuild.stderr_log)
+    print(out)  # the one line on stdout: what --kernel takes
+
+
 def cmd_kernel_show(args):
     from .kernel import Kernel
     kernel = Kernel.from_path(args.kernel) if args.kernel else Kernel.default()
@@ -102,6 +111,14 @@ def main(argv=None):
     show.set_defaults(fn=cmd_kernel_show)
     sub.add_parser("build-shell", help="build the guests' static dash (tools/setup runs it)"
                    ).set_defaults(fn=cmd_build_shell)
+    bk = sub.add_parser("build-kernel", help="build a guest kernel (prints the directory --kernel takes)")
+    where = bk.add_mutually_exclusive_group(required=True)
+    where.add_argument("--tree", help="a kernel source tree (left untouched: patches go on a copy)")
+    where.add_argument("--debian-source", metavar="SERIES", help="Debian's linux-source-SERIES (6.1, 6.12)")
+    bk.add_argument("--patch", action="append", default=[], help="apply this patch first (repeatable)")
+    bk.add_argument("--config", action="append", default=[], help="a config fragment to merge (repeatable)")
+    bk.add_argument("-j", "--jobs", type=int, help="parallel jobs (default: all CPUs)")
+    bk.set_defaults(fn=cmd_build_kernel)
     up = sub.add_parser("up", help="bring a topology up and run commands in it")
     up.add_argument("topology", help="a topologies/*.yaml file")
     up.add_argument("--kernel")

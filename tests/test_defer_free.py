@@ -1,0 +1,61 @@
+"""defer_free (seed 001): a TCP stream with RFS, with net.core.skb_defer_max
+at its default and at 0, across two vCPUs; both complete (and no splat).
+Then the namespace holding one end is deleted while a stream runs, and it
+goes away promptly."""
+import time
+
+import pytest
+
+from harness.traffic import tcp_stream
+
+NS = "dfsrv"
+
+
+@pytest.fixture
+def rfs_pair(guest):
+    """A server namespace on a veth pair; RFS on both receiving ends."""
+    guest.check(
+        f"ip netns add {NS} && ip link add dfc type veth peer name dfs netns {NS} && "
+        "ip addr add 10.77.9.1/24 dev dfc && ip link set dfc up && "
+        f"ip -n {NS} addr add 10.77.9.2/24 dev dfs && ip -n {NS} link set dfs up && ip -n {NS} link set lo up && "
+        "sysctl -qw net.core.rps_sock_flow_entries=4096 && "
+        "echo 4096 > /sys/class/net/dfc/queues/rx-0/rps_flow_cnt && echo 3 > /sys/class/net/dfc/queues/rx-0/rps_cpus && "
+        f"ip netns exec {NS} sh -c 'echo 4096 > /sys/class/net/dfs/queues/rx-0/rps_flow_cnt && "
+        "echo 3 > /sys/class/net/dfs/queues/rx-0/rps_cpus'")
+    default = guest.check("sysctl -n net.core.skb_defer_max").stdout.strip()
+    yield default
+    guest.run(f"sysctl -qw net.core.skb_defer_max={default} net.core.rps_sock_flow_entries=0; "
+              f"ip netns del {NS} 2>/dev/null; ip link del dfc 2>/dev/null; true")
+
+
+class Server:
+    def __init__(self, guest):
+        self.guest = guest
+
+    def spawn(self, command):
+        return self.guest.spawn(f"ip netns exec {NS} sh -c {command!r}")
+
+
+@pytest.mark.guest(vcpus=2)
+@pytest.mark.parametrize("defer_max", ["default", "0"])
+def test_defer_free_tcp_stream_with_rfs(guest, rfs_pair, defer_max):
+    value = rfs_pair if defer_max == "default" else defer_max
+    guest.check(f"sysctl -qw net.core.skb_defer_max={value}")
+    stream = tcp_stream(Server(guest), guest, "10.77.9.2", seconds=3)
+    assert stream.bits_per_second > 0 and stream.bytes > 0
+
+
+@pytest.mark.guest(vcpus=2)
+def test_defer_free_namespace_deleted_under_stream(guest, rfs_pair):
+    server = Server(guest).spawn("exec iperf3 -s -1 -B 10.77.9.2")
+    time.sleep(0.5)
+    client = guest.spawn("iperf3 -c 10.77.9.2 -t 30")
+    time.sleep(2.0)
+    t0 = time.monotonic()
+    guest.check(f"ip netns del {NS}")
+    while guest.run("test -e /sys/class/net/dfc").rc == 0 and time.monotonic() - t0 < 30:
+        time.sleep(0.05)
+    took = time.monotonic() - t0
+    client.kill()
+    server.kill()
+    assert took < 10.0, f"the namespace's devices took {took:.1f}s to go"

@@ -1,0 +1,116 @@
+"""ring_drops: frames a full ring refuses are counted exactly (seed 004:
+tun's tx ring sized by tx_queue_len), on the host's tap, in the guest
+kernel's own tun, and at a full backlog."""
+import json
+import time
+from pathlib import Path
+
+import pytest
+from pyroute2 import IPRoute
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from harness.observe import snapshot
+from harness.rps import SteeredVeth
+from harness.traffic import send_frames
+
+TUN_RING = Path(__file__).parent / "guest" / "tun_ring.py"
+
+
+def tap_counters(tap):
+    with IPRoute() as ipr:
+        stats = ipr.link("get", ifname=tap)[0].get("stats64")
+    return stats.get("tx_packets"), stats.get("tx_dropped")
+
+
+def set_tx_queue_len(tap, qlen):
+    with IPRoute() as ipr:
+        ipr.link("set", ifname=tap, txqlen=qlen)
+
+
+def wait_rx(guest, before, want, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = (snapshot(guest) - before).link("eth0").rx.packets
+        if got >= want:
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)  # anything beyond what was accepted would show up now
+    return (snapshot(guest) - before).link("eth0").rx.packets
+
+
+@pytest.mark.parametrize("tx_queue_len", [256, 100])
+def test_ring_drops_host_tap_with_guest_paused(lab, tx_queue_len):
+    """Guest paused: the tap's ring takes at most tx_queue_len frames, the rest
+    are refused and counted in tx_dropped; resumed, the guest gets exactly
+    the accepted ones.
+
+    ptr_ring's consumer zeroes the slots it consumed in batches of 16, so a
+    ring that was just drained can hold up to 15 frames fewer than its size."""
+    single = lab("single-q")
+    g1, tap = single.guest("g1"), single.taps["t0"]
+    set_tx_queue_len(tap, tx_queue_len)
+    mac = g1.check("cat /sys/class/net/eth0/address").stdout.strip()
+    frame = bytes(Ether(dst=mac, src="02:00:00:00:00:01", type=0x88b5) / Raw(b"\0" * 46))
+    n = 3 * tx_queue_len
+    before = snapshot(g1)
+    _, dropped_before = tap_counters(tap)
+    g1.pause()
+    try:
+        sent = send_frames(tap, [frame], n)
+        _, dropped_after = tap_counters(tap)
+    finally:
+        g1.resume()
+    assert sent.accepted + sent.refused == n
+    assert tx_queue_len - 16 < sent.accepted <= tx_queue_len, sent.errors
+    assert set(sent.errors) == {"ENOBUFS"}
+    assert dropped_after - dropped_before == sent.refused
+    assert wait_rx(g1, before, sent.accepted) == sent.accepted
+
+
+def test_ring_drops_guest_tun_exact_and_in_order(guest):
+    """The guest kernel's own tun: a reader that does not read gets exactly
+    tx_queue_len frames queued, the rest refused and counted; reading back
+    returns every accepted frame, in order."""
+    r = json.loads(guest.check(f"python3 {TUN_RING} gtap0 64 200").stdout)
+    assert len(r["accepted"]) == 64 and r["refused"] == 136
+    assert r["tx_dropped"] == r["refused"]
+    assert r["read"] == r["accepted"] == list(range(64))
+
+
+@pytest.mark.parametrize("resize_to", [32, 128])
+def test_ring_drops_guest_tun_resized_while_full(guest, resize_to):
+    """Resizing a full ring: growing keeps every frame; shrinking keeps the
+    oldest resize_to frames, in order (tun frees the rest at the resize)."""
+    r = json.loads(guest.check(f"python3 {TUN_RING} gtap1 64 100 {resize_to}").stdout)
+    assert r["accepted"] == list(range(64)) and r["tx_dropped"] == r["refused"] == 36
+    assert r["read"] == list(range(min(64, resize_to)))
+
+
+@pytest.mark.guest(vcpus=2, cmdline="thread_backlog_napi")
+def test_ring_drops_backlog_overflow_counted_exactly(guest, kernel):
+    """A small netdev_max_backlog, RPS to CPU 1 whose backlog thread is kept
+    off the CPU by a SCHED_FIFO hog: the backlog overflows; softnet_stat's
+    dropped on CPU 1 equals the device's rx_dropped and pktgen's errors (veth
+    returns NET_XMIT_DROP), and every packet pktgen got out is processed."""
+    if kernel.version < (6, 10):
+        pytest.skip(f"needs thread_backlog_napi (Linux >= 6.10); this kernel is {kernel.release}")
+    pair = SteeredVeth(guest, target_cpu=1, sender_cpu=0).create()
+    old = guest.check("sysctl -n net.core.netdev_max_backlog kernel.sched_rt_runtime_us").stdout.split()
+    guest.check("sysctl -qw net.core.netdev_max_backlog=100 kernel.sched_rt_runtime_us=-1")
+    try:
+        before = snapshot(guest)
+        hog = guest.spawn("timeout 4 chrt -f 50 taskset -c 1 sh -c 'while :; do :; done'")
+        time.sleep(0.5)
+        result = pair.send(5_000)
+        hog.wait(30)
+        time.sleep(0.5)
+        d = snapshot(guest) - before
+    finally:
+        guest.check(f"sysctl -qw net.core.netdev_max_backlog={old[0]} kernel.sched_rt_runtime_us={old[1]}")
+        pair.delete()
+    cpu1 = d.softnet[1]
+    assert cpu1.dropped > 0, "the backlog never overflowed"
+    assert cpu1.dropped == d.link(pair.rx).rx.dropped
+    assert cpu1.dropped == result.errors
+    assert cpu1.processed == result.sent == 5_000
