@@ -27,6 +27,54 @@ def cmd_build_kernel(args):
     print(out)  # the one line on stdout: what --kernel takes
 
 
+def _kernel(spec: str):
+    from .kernel import Kernel
+    return Kernel.default() if spec in ("default", "") else Kernel.from_path(spec)
+
+
+def parse_sweep(text: str | None, workload) -> list | None:
+    """"conns=16,32,64" -> [16, 32, 64], checked against the workload's parameter."""
+    if not text:
+        return None
+    name, sep, values = text.partition("=")
+    if not sep or name != workload.sweep_name:
+        expected = f"{workload.sweep_name}=V1,V2,..." if workload.sweep_name else "nothing (it has no sweep)"
+        raise HarnessError(f"--sweep {text!r}: workload {workload.name} takes {expected}")
+    try:
+        return [int(v) for v in values.split(",")]
+    except ValueError:
+        raise HarnessError(f"--sweep {text!r}: expected integers after '{name}='") from None
+
+
+def cmd_ab(args):
+    import time
+    from pathlib import Path
+    from .ab import Side, run_ab
+    from .accel import resolve
+    from .guest import reap_stale_guests
+    from .hostnet import reap_stale_labs
+    from .images import build_initramfs
+    from .workloads import WORKLOADS
+    workload = WORKLOADS.get(args.workload)
+    if workload is None:
+        raise HarnessError(f"--workload {args.workload!r}: expected one of {', '.join(WORKLOADS)}")
+    sweep = parse_sweep(args.sweep, workload)
+    pin = [int(c) for c in args.pin.split(",")] if args.pin else None
+    base, patched = _kernel(args.base), _kernel(args.patched)
+    accel = resolve(args.accel, base, build_initramfs(base))
+    reap_stale_guests()
+    reap_stale_labs()
+    out = Path(args.out or f"logs/ab-{time.strftime('%Y%m%d-%H%M%S')}-{workload.name}")
+    report = run_ab(workload, Side("base", base), Side("patched", patched), runs=args.runs,
+                    warmup=args.warmup, sweep=sweep, topology=args.topology, accel=accel, log_dir=out / "logs",
+                    pin=pin, alpha=args.alpha, min_effect_pct=args.min_effect,
+                    progress=lambda m: print(m, file=sys.stderr, flush=True))
+    print(report.table())
+    for path in report.write(out):
+        print(f"wrote {path}")
+    print(f"harness overhead: {report.overhead_pct:.1f}% of the workload's own time")
+
+
 def cmd_kernel_show(args):
     from .kernel import Kernel
     kernel = Kernel.from_path(args.kernel) if args.kernel else Kernel.default()
@@ -119,6 +167,22 @@ def main(argv=None):
     bk.add_argument("--config", action="append", default=[], help="a config fragment to merge (repeatable)")
     bk.add_argument("-j", "--jobs", type=int, help="parallel jobs (default: all CPUs)")
     bk.set_defaults(fn=cmd_build_kernel)
+    ab = sub.add_parser("ab", help="compare a base and a patched kernel on a workload")
+    ab.add_argument("--base", required=True, help="a kernel --kernel accepts, or 'default'")
+    ab.add_argument("--patched", required=True, help="a kernel --kernel accepts, or 'default'")
+    ab.add_argument("--workload", required=True,
+                    help="pktgen_queue_xmit, http_proxy, tcp_stream or guest_rx_pps")
+    ab.add_argument("--runs", type=int, default=10, help="measured runs per side (default 10)")
+    ab.add_argument("--warmup", type=int, default=1, help="discarded rounds first (default 1)")
+    ab.add_argument("--sweep", help="e.g. conns=16,32,64,1024 (http_proxy) or threads=1,2")
+    ab.add_argument("--topology", help="a topology file instead of the workload's own")
+    ab.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    ab.add_argument("--pin", help="host CPUs for the vCPUs, e.g. 0,1")
+    ab.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    ab.add_argument("--min-effect", type=float, default=2.0,
+                    help="smallest change in %% called a difference (default 2)")
+    ab.add_argument("--out", help="directory for the JSON and PNG (default logs/ab-<time>-<workload>)")
+    ab.set_defaults(fn=cmd_ab)
     up = sub.add_parser("up", help="bring a topology up and run commands in it")
     up.add_argument("topology", help="a topologies/*.yaml file")
     up.add_argument("--kernel")

@@ -227,10 +227,23 @@ class Guest:
 
     # -- libvirt controls -----------------------------------------------------
     def pause(self):
-        self._dom.suspend()
+        """Stop the vCPUs (libvirt suspend): the guest consumes nothing, and
+        QEMU stops reading its taps."""
+        import libvirt
+        if self._dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
+            self._dom.suspend()
 
     def resume(self):
-        self._dom.resume()
+        import libvirt
+        if self._dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+            self._dom.resume()
+
+    def pin_vcpus(self, host_cpus: list[int]):
+        """vCPU i runs on host CPU host_cpus[i % len(host_cpus)]."""
+        total = os.cpu_count() or 1
+        for i in range(self.vcpus):
+            cpumap = tuple(c == host_cpus[i % len(host_cpus)] for c in range(total))
+            self._dom.pinVcpu(i, cpumap)
 
     @property
     def domain(self):

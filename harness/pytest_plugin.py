@@ -311,6 +311,27 @@ def lab(harness, _module_labs):
 
 
 @pytest.fixture
+def ab(harness, request):
+    """ab("pktgen_queue_xmit", base=k1, patched=k2, runs=5) -> harness.ab.Report
+    (kernels default to the session's; *_options go to the workload's sample).
+    JSON and PNG land in the run's log directory under ab/<test>/."""
+    from .ab import Side, run_ab
+    from .workloads import WORKLOADS
+
+    def run(workload, base: Kernel | None = None, patched: Kernel | None = None, *,
+            base_options: dict | None = None, patched_options: dict | None = None, **kw):
+        wl = WORKLOADS[workload] if isinstance(workload, str) else workload
+        out = harness.log_dir / "ab" / re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)
+        report = run_ab(wl, Side("base", base or harness.kernel, base_options or {}),
+                        Side("patched", patched or harness.kernel, patched_options or {}),
+                        accel=harness.accel, log_dir=out / "logs", progress=lambda m: None, **kw)
+        report.write(out)
+        return report
+
+    return run
+
+
+@pytest.fixture
 def make_guest(harness):
     """Start extra guests for one test: make_guest("g2", vcpus=4, cmdline=...)."""
     made = []

@@ -1,0 +1,63 @@
+"""A/B runs (issue 7): the statistics on known samples, then proof on real
+guests that they are honest: A/A (the same kernel on both sides) reports no
+significant change; A/B with B handicapped on purpose reports a significant
+drop of about the right size."""
+import random
+
+import pytest
+
+from harness.ab import compare
+from harness.cli import parse_sweep
+from harness.util import HarnessError
+from harness.workloads import WORKLOADS
+
+
+def test_compare_same_distribution_is_no_change():
+    rng = random.Random(1)
+    a = [100 + rng.gauss(0, 2) for _ in range(10)]
+    b = [100 + rng.gauss(0, 2) for _ in range(10)]
+    s = compare(16, a, b)
+    assert s.verdict == "no significant change" and s.p_value > 0.05
+
+
+def test_compare_shifted_distribution_is_slower_by_its_size():
+    rng = random.Random(2)
+    a = [100 + rng.gauss(0, 2) for _ in range(10)]
+    b = [80 + rng.gauss(0, 2) for _ in range(10)]
+    s = compare(16, a, b)
+    assert s.verdict == "slower" and s.p_value < 0.001
+    assert s.change_pct == pytest.approx(-20, abs=3)
+    assert s.ci_a[0] <= s.median_a <= s.ci_a[1]
+    assert compare(16, a, b, higher_is_better=False).verdict == "faster"
+
+
+def test_compare_tiny_significant_change_is_below_the_minimum_effect():
+    a = [100.0 + i * 0.01 for i in range(10)]
+    b = [99.5 + i * 0.01 for i in range(10)]  # -0.5%: significant, but not a difference worth a verdict
+    assert compare(1, a, b).verdict == "no significant change"
+
+
+def test_sweep_is_checked_against_the_workload():
+    assert parse_sweep("conns=16,32", WORKLOADS["http_proxy"]) == [16, 32]
+    with pytest.raises(HarnessError, match="takes conns=V1,V2"):
+        parse_sweep("threads=1", WORKLOADS["http_proxy"])
+    with pytest.raises(HarnessError, match="has no sweep"):
+        parse_sweep("conns=1", WORKLOADS["tcp_stream"])
+
+
+def test_ab_same_kernel_reports_no_significant_change(ab):
+    report = ab("pktgen_queue_xmit", runs=6)
+    assert [s.verdict for s in report.stats] == ["no significant change"], report.table()
+    report.assert_not_slower(5)
+
+
+def test_ab_handicapped_patched_side_is_significantly_slower(ab):
+    """B's pktgen is rate-limited to 15 kpps per thread (2 threads): B's
+    median is 30 kpps, and the report says so."""
+    report = ab("pktgen_queue_xmit", runs=4, patched_options={"rate_pps": 15_000})
+    s = report.stats[0]
+    assert s.verdict == "slower", report.table()
+    expected = (30_000 - s.median_a) / s.median_a * 100
+    assert s.change_pct == pytest.approx(expected, abs=5), report.table()
+    with pytest.raises(AssertionError, match="significantly slower"):
+        report.assert_not_slower(5)
