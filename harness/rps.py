@@ -14,6 +14,8 @@ or dropped: nothing else is received on the target CPU.
 """
 from __future__ import annotations
 
+import time
+
 from .pktgen import Pktgen, PktgenResult, PktgenRun
 
 
@@ -54,3 +56,22 @@ class SteeredVeth:
         if self.netns:
             self.where.run(f"ip netns del {self.netns}")
         self.where.run(f"ip link del {self.tx} 2>/dev/null; true")
+
+
+def cpu_hog(where, cpu: int, seconds: float, marker: str = "/tmp/harness-hog"):
+    """Hold ``cpu`` with a SCHED_FIFO busy loop for ``seconds`` (RT
+    throttling off), returning once it runs; the caller waits on the job.
+    Linux >= 6.12 still lends SCHED_OTHER tasks about 5% of the CPU through
+    its fair deadline server, so the hog slows the CPU's threads down
+    rather than stopping them outright."""
+    where.check(f"rm -f {marker}; sysctl -qw kernel.sched_rt_runtime_us=-1")
+    # timeout stays an ordinary task on another CPU, so it can stop the hog
+    job = where.spawn(f"timeout {seconds} chrt -f 50 taskset -c {cpu} "
+                      f"sh -c ': > {marker}; while :; do :; done'; rm -f {marker}; "
+                      "sysctl -qw kernel.sched_rt_runtime_us=950000")
+    for _ in range(200):
+        if where.run(f"test -e {marker}").rc == 0:
+            return job
+        time.sleep(0.05)
+    job.kill()
+    raise RuntimeError(f"cpu_hog: the hog on CPU {cpu} did not start")

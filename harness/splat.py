@@ -24,7 +24,9 @@ OPENERS = [
     ("gpf", r"general protection fault"),
     ("oops", r"\bOops\b"),
     ("bug", r"\bBUG: "),
-    ("warning", r"\bWARNING: "),
+    # WARN(): "WARNING: CPU: 1 PID: 412 at ...", older "WARNING: at ..."; not a
+    # driver's own "pktgen: WARNING: ..." message
+    ("warning", r"(^|\]\s)WARNING: (CPU: \d+ PID:|at )"),
     ("hard_lockup", r"Watchdog detected hard LOCKUP"),
 ]
 _OPENER_RE = [(kind, re.compile(p)) for kind, p in OPENERS]

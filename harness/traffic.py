@@ -111,10 +111,12 @@ def tcp_stream(server, client, address: str, *, seconds: float = 3, parallel: in
         deadline = time.monotonic() + 15
         while True:
             result = client.spawn(f"iperf3 -c {address} -p {port} -t {seconds} -P {parallel} -J {extra}").wait(limit)
-            if result.rc == 0 or time.monotonic() > deadline or "refused" not in result.stdout:
+            # iperf3 3.12 exits 0 even when it could not connect: read its JSON
+            refused = "Connection refused" in result.stdout
+            if not refused or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        if result.rc != 0:
+        if result.rc != 0 or '"error"' in result.stdout:
             raise TrafficError(f"iperf3 client on {client!r} failed (rc {result.rc}): "
                                f"{(result.stdout + result.stderr)[-1500:]}")
         server_job.wait(30)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from harness.observe import snapshot
-from harness.rps import SteeredVeth
+from harness.rps import SteeredVeth, cpu_hog
 
 DELETE_WITHIN_S = 10.0  # under TCG
 
@@ -86,24 +86,21 @@ def test_flush_unregister_under_rps_traffic_backlog_threads(guest, kernel, in_na
 def test_flush_unregister_waits_for_a_busy_target_cpu(guest, kernel):
     """The hard case: CPU 1 (the RPS target) is held by a pinned SCHED_FIFO
     hog while the device is deleted.  Its backlog thread and flush work
-    cannot run, so the deletion waits; when the hog stops it completes,
-    promptly, and nothing is left behind."""
+    barely run (6.12's fair server lends them ~5%), so the deletion may
+    wait; once the hog stops it completes promptly and nothing is left
+    behind."""
     if kernel.version < (6, 10):
         pytest.skip(f"needs thread_backlog_napi (Linux >= 6.10); this kernel is {kernel.release}")
     pair = SteeredVeth(guest, target_cpu=1, sender_cpu=0).create()
-    old = guest.check("sysctl -n kernel.sched_rt_runtime_us").stdout.strip()
-    guest.check("sysctl -qw kernel.sched_rt_runtime_us=-1")
     hog_s = 4.0
     try:
-        hog = guest.spawn(f"timeout {hog_s} chrt -f 50 taskset -c 1 sh -c 'while :; do :; done'")
-        time.sleep(0.5)
-        result = pair.send(3_000)  # queued on CPU 1, whose thread cannot run
+        hog = cpu_hog(guest, 1, hog_s)
+        result = pair.send(3_000)  # queued on CPU 1, whose thread can hardly run
         t0 = time.monotonic()
         deleted = guest.run(f"ip link del {pair.tx}", timeout=60)
         took = time.monotonic() - t0
         hog.wait(30)
     finally:
-        guest.check(f"sysctl -qw kernel.sched_rt_runtime_us={old}")
         pair.delete()
     assert result.sent == 3_000
     assert deleted.rc == 0, deleted.stderr

@@ -62,3 +62,10 @@ def test_a_splat_keeps_its_trace_until_the_end_marker():
 ])
 def test_ordinary_lines_are_not_splats(line):
     assert opener(line) is None
+
+
+def test_a_drivers_own_warning_message_is_not_a_splat():
+    from harness.splat import opener
+    assert opener("[    4.29] pktgen: WARNING: Requested queue_map_min (1) exceeds valid range") is None
+    assert opener("[   41.12] WARNING: CPU: 1 PID: 412 at net/core/dev.c:11468 x+0x6a1/0x8b0") == "warning"
+    assert opener("WARNING: at net/core/dev.c:5000 y+0x1/0x2") == "warning"

@@ -1,8 +1,8 @@
 """Run inside a guest: the guest kernel's own tun ring, exactly accounted.
 
 Opens a tap (IFF_TAP | IFF_NO_PI) and does not read it; sends frames into it
-through an AF_PACKET socket (the kernel's transmit path into tun_net_xmit),
-counting refusals; then reads everything back.  Prints one JSON object.
+through an AF_PACKET socket (the kernel's transmit path into tun_net_xmit,
+no qdisc in between), counting refusals; then reads everything back.  Prints one JSON object.
 Usage: tun_ring.py NAME TX_QUEUE_LEN COUNT [RESIZE_TO]
 """
 import errno
@@ -28,6 +28,9 @@ def main():
     tap = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
     fcntl.ioctl(tap, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
     subprocess.run(["ip", "link", "set", name, "txqueuelen", str(qlen), "up"], check=True)
+    # no qdisc in front of the ring (a tap gets the default qdisc, which would
+    # queue what the ring refuses): frames go straight to tun_net_xmit
+    subprocess.run(["tc", "qdisc", "replace", "dev", name, "root", "noqueue"], check=True)
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     sock.bind((name, 0))
     sock.setblocking(False)
