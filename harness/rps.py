@@ -64,11 +64,12 @@ def cpu_hog(where, cpu: int, seconds: float, marker: str = "/tmp/harness-hog"):
     Linux >= 6.12 still lends SCHED_OTHER tasks about 5% of the CPU through
     its fair deadline server, so the hog slows the CPU's threads down
     rather than stopping them outright."""
-    where.check(f"rm -f {marker}; sysctl -qw kernel.sched_rt_runtime_us=-1")
+    old = where.check(f"rm -f {marker}; sysctl -n kernel.sched_rt_runtime_us").stdout.strip()
+    where.check("sysctl -qw kernel.sched_rt_runtime_us=-1")
     # timeout stays an ordinary task on another CPU, so it can stop the hog
     job = where.spawn(f"timeout {seconds} chrt -f 50 taskset -c {cpu} "
                       f"sh -c ': > {marker}; while :; do :; done'; rm -f {marker}; "
-                      "sysctl -qw kernel.sched_rt_runtime_us=950000")
+                      f"sysctl -qw kernel.sched_rt_runtime_us={old}")
     for _ in range(200):
         if where.run(f"test -e {marker}").rc == 0:
             return job

@@ -4,7 +4,6 @@ NIC, and through pfifo_fast on a single-queue device.  Afterwards no packet
 is stuck in any qdisc, and the qdisc's counters agree with pktgen's exactly:
 what pktgen got in (sent) left the qdisc, what it could not (errors) the
 qdisc dropped."""
-import pytest
 
 from harness.observe import snapshot
 from harness.pktgen import Pktgen
