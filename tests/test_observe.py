@@ -31,6 +31,22 @@ def test_softnet_13_columns():
         rows[0].input_qlen
 
 
+# Real rows read in a 6.1.192 guest (tools/build-kernel --debian-source 6.1)
+# after a few packets steered to CPU 1.
+ROWS_6_1 = ("00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 "
+            "00000000 00000000 00000000 00000000\n"
+            "00000006 00000000 00000001 00000000 00000000 00000000 00000000 00000000 00000000 "
+            "00000000 00000000 00000000 00000001\n")
+
+
+def test_softnet_real_6_1_rows():
+    rows = parse_softnet(ROWS_6_1)
+    assert sorted(rows) == [0, 1] and rows[1].processed == 6 and rows[1].time_squeeze == 1
+    assert rows[1].backlog_len == 0
+    with pytest.raises(MissingCounter, match="process_qlen"):
+        rows[1].process_qlen
+
+
 def test_softnet_15_columns():
     rows = parse_softnet(ROWS_15)
     assert rows[1].processed == 0x2959 and rows[1].input_qlen == 2 and rows[1].process_qlen == 1
