@@ -54,25 +54,18 @@ def send_frames(ifname: str, frames: list[bytes], count: int, netns: str | None 
         send = sock.send
         accepted, errors = 0, collections.Counter()
         n = len(frames)
-        if rate_pps:  # paced: batches of 1 ms worth of frames
-            batch, start = max(1, int(rate_pps / 1000)), time.monotonic()
-            for first in range(0, count, batch):
-                ahead = start + first / rate_pps - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
-                for i in range(first, min(first + batch, count)):
-                    try:
-                        send(frames[i % n])
-                        accepted += 1
-                    except OSError as e:
-                        errors[errno.errorcode.get(e.errno, str(e.errno))] += 1
-            return SendResult(accepted, count - accepted, dict(errors))
-        for i in range(count):
-            try:
-                send(frames[i % n])
-                accepted += 1
-            except OSError as e:
-                errors[errno.errorcode.get(e.errno, str(e.errno))] += 1
+        # paced: 1 ms worth of frames at a time; unpaced: one batch of all
+        batch = max(1, int(rate_pps / 1000)) if rate_pps else count
+        start = time.monotonic()
+        for first in range(0, count, batch):
+            if rate_pps and (ahead := start + first / rate_pps - time.monotonic()) > 0:
+                time.sleep(ahead)
+            for i in range(first, min(first + batch, count)):
+                try:
+                    send(frames[i % n])
+                    accepted += 1
+                except OSError as e:
+                    errors[errno.errorcode.get(e.errno, str(e.errno))] += 1
         return SendResult(accepted, count - accepted, dict(errors))
     finally:
         sock.close()
