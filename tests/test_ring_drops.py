@@ -15,7 +15,6 @@ from harness.rps import SteeredVeth, cpu_hog
 from harness.traffic import send_frames
 
 TUN_RING = Path(__file__).parent / "guest" / "tun_ring.py"
-NEEDS_TUN = "[ -e /dev/net/tun ] || modprobe tun"  # a module in Debian's kernel: no node until loaded
 
 
 def tap_counters(tap):
@@ -73,7 +72,7 @@ def test_ring_drops_guest_tun_exact_and_in_order(guest):
     """The guest kernel's own tun: a reader that does not read gets exactly
     tx_queue_len frames queued, the rest refused and counted; reading back
     returns every accepted frame, in order."""
-    r = json.loads(guest.check(f"{NEEDS_TUN}; python3 {TUN_RING} gtap0 64 200").stdout)
+    r = json.loads(guest.check(f"python3 {TUN_RING} gtap0 64 200").stdout)
     assert len(r["accepted"]) == 64 and r["refused"] == 136
     assert r["tx_dropped"] == r["refused"]
     assert r["read"] == r["accepted"] == list(range(64))
@@ -83,7 +82,7 @@ def test_ring_drops_guest_tun_exact_and_in_order(guest):
 def test_ring_drops_guest_tun_resized_while_full(guest, resize_to):
     """Resizing a full ring: growing keeps every frame; shrinking keeps the
     oldest resize_to frames, in order (tun frees the rest at the resize)."""
-    r = json.loads(guest.check(f"{NEEDS_TUN}; python3 {TUN_RING} gtap1 64 100 {resize_to}").stdout)
+    r = json.loads(guest.check(f"python3 {TUN_RING} gtap1 64 100 {resize_to}").stdout)
     assert r["accepted"] == list(range(64)) and r["tx_dropped"] == r["refused"] == 36
     assert r["read"] == list(range(min(64, resize_to)))
 
