@@ -14,6 +14,7 @@ verdict that needs both p < alpha and a change of at least min_effect_pct.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -190,7 +191,6 @@ def environment(base: Side, patched: Side, accel: str) -> dict:
 
 
 def _sha(path) -> str | None:
-    import hashlib
     return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from .observe import split_dump
 from .util import HarnessError
 
 XMIT_MODES = ("start_xmit", "queue_xmit", "netif_receive")
@@ -135,7 +136,6 @@ class PktgenRun:
         if result.rc != 0:
             self.stop()
             raise PktgenError(f"pktgen on {self.where!r} failed (rc {result.rc}): {result.stderr.strip()}")
-        from .observe import split_dump
         texts = split_dump(self.where.dump([f"/proc/net/pktgen/{self.dev}@*"]).wait(timeout).stdout)
         return PktgenResult([parse_result(f"{self.dev}@{t}", texts.get(f"/proc/net/pktgen/{self.dev}@{t}", ""))
                              for t in self.thread_ids])
