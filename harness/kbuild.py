@@ -17,11 +17,12 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +36,9 @@ ARTIFACTS = {"arch/x86/boot/bzImage": "bzImage", ".config": ".config", "System.m
 _OPTION = re.compile(r"^(CONFIG_\w+)=(.*)$|^# (CONFIG_\w+) is not set$")
 
 
+log = logging.getLogger(__name__)
+
+
 class BuildError(HarnessError):
     pass
 
@@ -46,7 +50,7 @@ class Source:
     prepare: object  # callable(work_dir): put a pristine tree there
 
 
-def debian_source(series: str, log=print) -> Source:
+def debian_source(series: str) -> Source:
     """Debian's linux-source-<series> (6.1 from bookworm, 6.12 from
     bookworm-backports), installed with apt when missing."""
     if not re.fullmatch(r"\d+\.\d+", series):
@@ -54,7 +58,7 @@ def debian_source(series: str, log=print) -> Source:
     package = f"linux-source-{series}"
     tarball = Path(f"/usr/src/{package}.tar.xz")
     if not tarball.exists():
-        log(f"build-kernel: installing {package} with apt")
+        log.info("build-kernel: installing %s with apt", package)
         release = [] if series == "6.1" else ["-t", "bookworm-backports"]
         result = cmd(["apt-get", "install", "-y", "--no-install-recommends", *release, package],
                      check=False, timeout=1800, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
@@ -131,72 +135,111 @@ def build_key(source: Source, patches: list[Path], fragments: list[Path]) -> str
     return digest.hexdigest()[:16]
 
 
-def build(source: Source, *, patches=(), fragments=(), jobs: int | None = None, log=print) -> Path:
-    """The output directory of a build with these inputs; built when not cached."""
+def _check_inputs(patches, fragments) -> tuple[list[Path], list[Path]]:
     patches = [Path(p).expanduser().resolve() for p in patches]
     fragments = [HARNESS_CONFIG, *(Path(f).expanduser().resolve() for f in fragments)]
     for kind, paths in (("--patch", patches), ("--config", fragments)):
         for p in paths:
             if not p.is_file():
                 raise BuildError(f"{kind} {p}: no such file")
-    out = cache_dir() / "builds" / f"{source.name}-{build_key(source, patches, fragments)}"
+    return patches, fragments
+
+
+def builds_dir() -> Path:
+    return cache_dir() / "builds"
+
+
+def build(source: Source, *, patches=(), fragments=(), jobs: int | None = None) -> Path:
+    """The output directory of a build with these inputs; built when not cached."""
+    patches, fragments = _check_inputs(patches, fragments)
+    out = builds_dir() / f"{source.name}-{build_key(source, patches, fragments)}"
     if (out / "bzImage").is_file():
-        log(f"build-kernel: cached: {out}")
+        log.info("build-kernel: cached: %s", out)
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time per cache
+    with _cache_lock():
         if (out / "bzImage").is_file():
             return out
         work = cache_dir() / "work" / source.name
         shutil.rmtree(work, ignore_errors=True)
         log_path = out.parent / f"{out.name}.log"
         try:
-            _build_in(work, source, patches, fragments, jobs or os.cpu_count() or 1, log_path, log)
-            tmp = out.parent / f".{out.name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            for src, dst in ARTIFACTS.items():
-                shutil.copy2(work / src, tmp / dst)
-            shutil.copy2(log_path, tmp / "build.log")
-            os.replace(tmp, out)
-            log_path.unlink()
+            t0 = time.monotonic()
+            _prepare(work, source, patches)
+            _configure(work, fragments)
+            _make(work, jobs or os.cpu_count() or 1, log_path, t0)
+            _collect(work, out, log_path)
         finally:
             shutil.rmtree(work, ignore_errors=True)  # the objects live on in ccache
-    log(f"build-kernel: built: {out}")
+    log.info("build-kernel: built: %s", out)
     return out
 
 
-def _build_in(work: Path, source: Source, patches, fragments, jobs: int, log_path: Path, log):
-    t0 = time.monotonic()
-    log(f"build-kernel: preparing {source.identity} in {work}")
-    source.prepare(work)
-    for patch in patches:
-        result = cmd(["patch", "-p1", "--forward", "--batch", "-d", work, "-i", patch], check=False)
-        if result.returncode != 0:
-            raise BuildError(f"--patch {patch}: does not apply to {source.identity}:\n"
-                             f"{(result.stdout + result.stderr)[-3000:]}")
-        log(f"build-kernel: applied {patch.name}")
+class _cache_lock:
+    """One build at a time per cache (builds and variant trees alike)."""
+
+    def __enter__(self):
+        builds_dir().mkdir(parents=True, exist_ok=True)
+        self._file = open(builds_dir() / ".lock", "w")
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+def _env() -> dict:
     env = {**os.environ, "KBUILD_BUILD_TIMESTAMP": "harness", "KBUILD_BUILD_USER": "harness",
            "KBUILD_BUILD_HOST": "harness"}
-    make = ["make", "-C", str(work), "-j", str(jobs)]
     if shutil.which("ccache"):
         env["CCACHE_DIR"] = str(cache_dir() / "ccache")
-        make.append("CC=ccache gcc")
-    cmd([*make[:3], "defconfig"], env=env, timeout=600)
-    cmd([*make[:3], "kvm_guest.config"], env=env, timeout=600)
+    return env
+
+
+def _make_argv(work: Path, jobs: int | None = None) -> list[str]:
+    argv = ["make", "-C", str(work)]
+    if jobs:
+        argv += ["-j", str(jobs)]
+    if shutil.which("ccache"):
+        argv.append("CC=ccache gcc")
+    return argv
+
+
+def _prepare(work: Path, source: Source, patches: list[Path]):
+    log.info("build-kernel: preparing %s in %s", source.identity, work)
+    source.prepare(work)
+    for patch in patches:
+        apply_patch(work, patch, source.identity)
+        log.info("build-kernel: applied %s", patch.name)
+
+
+def apply_patch(work: Path, patch: Path, what: str):
+    result = cmd(["patch", "-p1", "--forward", "--batch", "-d", work, "-i", patch], check=False)
+    if result.returncode != 0:
+        raise BuildError(f"--patch {patch}: does not apply to {what}:\n"
+                         f"{(result.stdout + result.stderr)[-3000:]}")
+
+
+def _configure(work: Path, fragments: list[Path]):
+    env, make = _env(), _make_argv(work)
+    cmd([*make, "defconfig"], env=env, timeout=600)
+    cmd([*make, "kvm_guest.config"], env=env, timeout=600)
     cmd([work / "scripts/kconfig/merge_config.sh", "-m", "-O", work, work / ".config", *fragments],
         env=env, cwd=work, timeout=600)
-    cmd([*make[:3], "olddefconfig"], env=env, timeout=600)
+    cmd([*make, "olddefconfig"], env=env, timeout=600)
     missing = missing_options(requested_options(fragments), (work / ".config").read_text())
     if missing:
         raise BuildError("build-kernel: these requested options did not survive olddefconfig "
                          "(a dependency is off, or the option does not exist in this kernel):\n  "
                          + "\n  ".join(missing))
-    log(f"build-kernel: config ready ({time.monotonic() - t0:.0f}s); compiling with -j{jobs}"
-        f"{' and ccache' if 'CC=ccache gcc' in make else ''}; log: {log_path}")
+
+
+def _make(work: Path, jobs: int, log_path: Path, t0: float):
+    make = _make_argv(work, jobs)
+    log.info("build-kernel: config ready (%.0fs); compiling with -j%d%s; log: %s", time.monotonic() - t0,
+             jobs, " and ccache" if "CC=ccache gcc" in make else "", log_path)
     with open(log_path, "w") as out:
-        proc = subprocess.Popen([*make, "bzImage"], env=env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([*make, "bzImage"], env=_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         last, shown, units = "", time.monotonic(), 0
         for line in proc.stdout:
@@ -206,7 +249,7 @@ def _build_in(work: Path, source: Source, patches, fragments, jobs: int, log_pat
                 last = line.strip()
             if time.monotonic() - shown > 15:
                 shown = time.monotonic()
-                log(f"build-kernel: [{shown - t0:4.0f}s] {units} files compiled; {last}")
+                log.info("build-kernel: [%4.0fs] %d files compiled; %s", shown - t0, units, last)
         rc = proc.wait()
     if rc != 0:
         text = log_path.read_text(errors="replace").splitlines()
@@ -214,8 +257,141 @@ def _build_in(work: Path, source: Source, patches, fragments, jobs: int, log_pat
         first = errors[0] if errors else max(0, len(text) - 30)
         raise BuildError("build-kernel: make failed:\n" + "\n".join(text[max(0, first - 5):first + 25])
                          + f"\nfull log: {log_path}")
-    log(f"build-kernel: compiled in {time.monotonic() - t0:.0f}s")
+    log.info("build-kernel: compiled in %.0fs", time.monotonic() - t0)
 
 
-def stderr_log(message: str):
-    print(message, file=sys.stderr, flush=True)
+def _collect(work: Path, out: Path, log_path: Path):
+    """Copy the artifacts into ``out`` atomically (a half-written output is
+    never taken for a build)."""
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for src, dst in ARTIFACTS.items():
+        shutil.copy2(work / src, tmp / dst)
+    shutil.copy2(log_path, tmp / "build.log")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    log_path.unlink()
+
+
+class VariantTree:
+    """One prepared tree (source + base patches + the reference patch +
+    config, built once) on which variants of the reference patch (mutants,
+    a patch without its fix) are built in turn, incrementally: a variant
+    rewrites only the files whose text differs, so make recompiles those
+    and relinks.  Outputs land in the build cache under the same key a
+    plain build of (source, base patches + variant) would have.
+
+        with VariantTree(source, base, reference, fragments) as tree:
+            tree.reference            # output dir of the unmutated build
+            out = tree.build(text)    # a variant: the reference patch's text, changed
+    """
+
+    def __init__(self, source: Source, base_patches=(), reference: Path | None = None, fragments=(),
+                 jobs: int | None = None, out_dir: Path | None = None):
+        self.source = source
+        self.base, self.fragments = _check_inputs(base_patches, fragments)
+        self.reference_patch = Path(reference).resolve() if reference else None
+        self.jobs = jobs or os.cpu_count() or 1
+        self.out_dir = out_dir or builds_dir()
+        self.work = cache_dir() / "work" / f"{source.name}-variants-{os.getpid()}"
+        self.pristine = self.work.parent / f"{self.work.name}.pristine"
+        self.reference: Path | None = None
+        self._lock = _cache_lock()
+
+    def __enter__(self):
+        self._lock.__enter__()
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.pristine, ignore_errors=True)
+        self._lock.__exit__()
+
+    def _setup(self):
+        t0 = time.monotonic()
+        shutil.rmtree(self.work, ignore_errors=True)
+        _prepare(self.work, self.source, self.base)
+        # the files a variant may touch, as the base patches leave them
+        self.touched = touched_files(self.reference_patch.read_text()) if self.reference_patch else []
+        for rel in self.touched:
+            dst = self.pristine / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if (self.work / rel).exists():
+                shutil.copy2(self.work / rel, dst)
+        if self.reference_patch:
+            apply_patch(self.work, self.reference_patch, self.source.identity)
+        _configure(self.work, self.fragments)
+        out = self._out(self.reference_patch.read_text() if self.reference_patch else "")
+        log_path = out.parent / f"{out.name}.log"
+        _make(self.work, self.jobs, log_path, t0)
+        if not (out / "bzImage").is_file():
+            _collect(self.work, out, log_path)
+        else:
+            log_path.unlink(missing_ok=True)
+        self.reference = out
+
+    def _out(self, patch_text: str) -> Path:
+        digest = hashlib.sha256(json.dumps({
+            "builder": BUILDER_VERSION, "source": self.source.identity,
+            "patches": [hashlib.sha256(p.read_bytes()).hexdigest() for p in self.base]
+            + ([hashlib.sha256(patch_text.encode()).hexdigest()] if patch_text else []),
+            "fragments": [hashlib.sha256(f.read_bytes()).hexdigest() for f in self.fragments],
+        }).encode()).hexdigest()[:16]
+        return self.out_dir / f"{self.source.name}-{digest}"
+
+    def build(self, patch_text: str) -> Path:
+        """The output directory of source + base patches + ``patch_text``
+        (a variant of the reference patch: it may touch only its files)."""
+        out = self._out(patch_text)
+        if (out / "bzImage").is_file():
+            return out
+        t0 = time.monotonic()
+        extra = set(touched_files(patch_text)) - set(self.touched)
+        if extra:
+            raise BuildError(f"a variant touches files the reference patch does not: {sorted(extra)}")
+        wanted = self._apply_to_pristine(patch_text)
+        changed = 0
+        for rel in self.touched:
+            current = (self.work / rel).read_bytes() if (self.work / rel).exists() else None
+            if wanted.get(rel) != current:
+                (self.work / rel).write_bytes(wanted[rel])
+                changed += 1
+        log.info("build-kernel: variant %s: %d file(s) changed", out.name, changed)
+        log_path = out.parent / f"{out.name}.log"
+        _make(self.work, self.jobs, log_path, t0)
+        _collect(self.work, out, log_path)
+        return out
+
+    def _apply_to_pristine(self, patch_text: str) -> dict[str, bytes]:
+        scratch = Path(tempfile.mkdtemp(dir=self.work.parent, prefix=".variant-"))
+        try:
+            for rel in self.touched:
+                if (self.pristine / rel).exists():
+                    (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(self.pristine / rel, scratch / rel)
+            patch_file = scratch / ".variant.patch"
+            patch_file.write_text(patch_text)
+            apply_patch(scratch, patch_file, "the reference tree")
+            return {rel: (scratch / rel).read_bytes() for rel in self.touched if (scratch / rel).exists()}
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def touched_files(patch_text: str) -> list[str]:
+    """Paths (relative to the tree) a unified diff changes."""
+    out = []
+    for line in patch_text.splitlines():
+        if line.startswith("+++ ") and not line.startswith("+++ /dev/null"):
+            path = line[4:].split("\t")[0].strip()
+            out.append(path.split("/", 1)[1] if "/" in path else path)
+    return list(dict.fromkeys(out))
