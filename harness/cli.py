@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from .util import HarnessError
@@ -20,11 +21,72 @@ def cmd_build_shell(args):
 
 def cmd_build_kernel(args):
     from . import kbuild
-    source = (kbuild.tree_source(args.tree) if args.tree
-              else kbuild.debian_source(args.debian_source, log=kbuild.stderr_log))
-    out = kbuild.build(source, patches=args.patch, fragments=args.config, jobs=args.jobs,
-                       log=kbuild.stderr_log)
+    source = kbuild.tree_source(args.tree) if args.tree else kbuild.debian_source(args.debian_source)
+    out = kbuild.build(source, patches=args.patch, fragments=args.config, jobs=args.jobs)
     print(out)  # the one line on stdout: what --kernel takes
+
+
+def _source(args):
+    from . import kbuild
+    if not (args.tree or args.debian_source):
+        raise HarnessError("give the kernel source: --debian-source SERIES or --tree DIR")
+    return kbuild.tree_source(args.tree) if args.tree else kbuild.debian_source(args.debian_source)
+
+
+def _out_dir(args, what: str):
+    import time
+    from pathlib import Path
+    return Path(args.out or f"logs/{what}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def cmd_mutants(args):
+    from pathlib import Path
+    from .catching import equivalent_file, load_equivalents, run_mutants
+    from .mutants import Patch, mutants
+    patch = Path(args.patch)
+    if not patch.is_file():
+        raise HarnessError(f"--patch {patch}: no such file")
+    if args.list:
+        found = mutants(Patch.parse(patch.read_text()))
+        equivalents = load_equivalents(patch, found)
+        for m in found:
+            mark = "  (equivalent)" if m.id in equivalents else ""
+            print(f"{m.id:40} {m.describe()}{mark}")
+        print(f"{len(found)} mutants; {len(equivalents)} listed in {equivalent_file(patch)}")
+        return 0
+    if not args.k:
+        raise HarnessError("-k EXPR: the test selection to run on each mutant is required")
+    out = _out_dir(args, "mutants")
+    report = run_mutants(_source(args), patch, expr=args.k, out_dir=out, base_patches=args.base_patch,
+                         fragments=args.config, deadline_s=args.deadline, only=args.mutant,
+                         include_equivalent=args.include_equivalent, keep=args.keep, accel=args.accel,
+                         jobs=args.jobs)
+    print(report.table())
+    for path in report.write(out):
+        print(f"wrote {path}")
+    return 1 if report.survivors else 0
+
+
+def cmd_verify_fix(args):
+    from .catching import verify_fix
+    verdict = verify_fix(_source(args), args.fix, expr=args.k, out_dir=_out_dir(args, "verify-fix"),
+                         base_patches=args.base_patch, fragments=args.config, deadline_s=args.deadline,
+                         accel=args.accel, jobs=args.jobs)
+    print(verdict.table())
+    return 0 if verdict.verified else 1
+
+
+def _add_source_args(p):
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--tree", help="a kernel source tree (left untouched: patches go on a copy)")
+    where.add_argument("--debian-source", metavar="SERIES", help="Debian's linux-source-SERIES (6.1, 6.12)")
+    p.add_argument("--base-patch", action="append", default=[],
+                   help="applied before the patch under test (repeatable)")
+    p.add_argument("--config", action="append", default=[], help="a config fragment to merge (repeatable)")
+    p.add_argument("-j", "--jobs", type=int, help="parallel build jobs (default: all CPUs)")
+    p.add_argument("--deadline", type=float, default=900, help="seconds one run of the selection may take")
+    p.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    p.add_argument("--out", help="where reports and logs go (default logs/<command>-<time>)")
 
 
 def _kernel(spec: str):
@@ -167,6 +229,20 @@ def main(argv=None):
     bk.add_argument("--config", action="append", default=[], help="a config fragment to merge (repeatable)")
     bk.add_argument("-j", "--jobs", type=int, help="parallel jobs (default: all CPUs)")
     bk.set_defaults(fn=cmd_build_kernel)
+    mu = sub.add_parser("mutants", help="build each mutant of a patch and run a test selection on it")
+    mu.add_argument("--patch", required=True, help="the patch whose added lines are mutated")
+    mu.add_argument("-k", help="the test selection (pytest -k) run on each mutant")
+    mu.add_argument("--mutant", action="append", help="only this mutant (repeatable; see --list)")
+    mu.add_argument("--list", action="store_true", help="list the mutants and exit (builds nothing)")
+    mu.add_argument("--include-equivalent", action="store_true", help="run the mutants listed as equivalent too")
+    mu.add_argument("--keep", action="store_true", help="keep each mutant's kernel in the build cache")
+    _add_source_args(mu)
+    mu.set_defaults(fn=cmd_mutants)
+    vf = sub.add_parser("verify-fix", help="the selection must fail without a fix and pass with it")
+    vf.add_argument("--fix", required=True, help="the fix: a patch applied after the base patches")
+    vf.add_argument("-k", required=True, help="the test selection (pytest -k)")
+    _add_source_args(vf)
+    vf.set_defaults(fn=cmd_verify_fix)
     ab = sub.add_parser("ab", help="compare a base and a patched kernel on a workload")
     ab.add_argument("--base", required=True, help="a kernel --kernel accepts, or 'default'")
     ab.add_argument("--patched", required=True, help="a kernel --kernel accepts, or 'default'")
@@ -193,12 +269,12 @@ def main(argv=None):
     down.add_argument("--all", action="store_true", help="also guests of running harness processes")
     down.set_defaults(fn=cmd_down)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        args.fn(args)
+        return args.fn(args) or 0
     except HarnessError as e:
         print(f"harness: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,241 @@
+"""Catching power: does the suite fail on a kernel that is broken the way a
+real bug breaks it?
+
+``run_mutants``: every mutant of a patch (harness.mutants) is built on one
+prepared tree (harness.kbuild.VariantTree: a mutant recompiles one file and
+relinks) and the selection runs on it (harness.selection); each mutant is
+killed (by which test, how long), survives, times out or does not build.
+Mutants listed as equivalent beside the patch (``<patch>.equivalent``) are
+reported, not run.
+
+``verify_fix``: the selection must fail on the kernel without a fix and pass
+with it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from .kbuild import BuildError, Source, VariantTree, build
+from .mutants import Mutant, Patch, mutants, parse_equivalent
+from .selection import Outcome, run_selection
+from .util import HarnessError
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("killed", "survived", "timeout", "build_failed", "equivalent")
+
+
+class CatchingError(HarnessError):
+    pass
+
+
+@dataclasses.dataclass
+class MutantResult:
+    id: str
+    operator: str
+    description: str
+    status: str                 # one of STATUSES
+    build_s: float = 0.0
+    test_s: float = 0.0
+    killed_by: str = ""         # the first failing test
+    detail: str = ""            # its first message line, the build error, or why equivalent
+    diff: str = ""
+
+
+@dataclasses.dataclass
+class MutantReport:
+    patch: str
+    selection: str
+    kernel: str                 # source identity
+    reference_s: float          # the unmutated kernel's run of the selection
+    results: list[MutantResult]
+    wall_s: float
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def survivors(self) -> list[MutantResult]:
+        return [r for r in self.results if r.status == "survived"]
+
+    def medians(self) -> tuple[float, float]:
+        built = [r.build_s for r in self.results if r.status not in ("equivalent", "build_failed")]
+        tested = [r.test_s for r in self.results if r.status in ("killed", "survived", "timeout")]
+        return (statistics.median(built) if built else 0.0, statistics.median(tested) if tested else 0.0)
+
+    def table(self) -> str:
+        rows = [("mutant", "status", "build", "test", "killed by / why")]
+        for r in self.results:
+            rows.append((r.id, r.status, f"{r.build_s:.0f}s" if r.build_s else "-",
+                         f"{r.test_s:.0f}s" if r.test_s else "-", r.killed_by or r.detail))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
+        totals = ", ".join(f"{self.count(s)} {s}" for s in STATUSES if self.count(s))
+        return "\n".join([f"mutants of {self.patch} against -k {self.selection!r}:"] + lines
+                         + [f"{len(self.results)} mutants: {totals}"])
+
+    def to_json(self) -> dict:
+        build_s, test_s = self.medians()
+        return {"patch": self.patch, "selection": self.selection, "kernel": self.kernel,
+                "reference_s": self.reference_s, "wall_s": self.wall_s,
+                "totals": {s: self.count(s) for s in STATUSES} | {"mutants": len(self.results)},
+                "mutant_build_s": build_s, "mutant_test_s": test_s,
+                "mutants": [dataclasses.asdict(r) for r in self.results]}
+
+    def markdown(self) -> str:
+        out = [f"# Mutants of `{self.patch}`", "",
+               f"Selection `-k {self.selection!r}` on {self.kernel}; the unmutated kernel passed it in "
+               f"{self.reference_s:.0f}s.", "",
+               "| mutant | status | killed by / why |", "| --- | --- | --- |"]
+        out += [f"| `{r.id}` | {r.status} | {(r.killed_by or r.detail).replace('|', '/')} |" for r in self.results]
+        survivors = self.survivors
+        out += ["", f"## Survivors ({len(survivors)})", ""]
+        if not survivors:
+            out.append("None: every mutant that is not listed as equivalent was killed.")
+        for r in survivors:
+            out += [f"### `{r.id}` ({r.operator})", "", "```diff", r.diff, "```", ""]
+        return "\n".join(out) + "\n"
+
+    def write(self, out_dir: Path) -> list[Path]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = [out_dir / "mutants.json", out_dir / "mutants.md"]
+        paths[0].write_text(json.dumps(self.to_json(), indent=1))
+        paths[1].write_text(self.markdown())
+        return paths
+
+
+def equivalent_file(patch: Path) -> Path:
+    return patch.with_name(patch.name + ".equivalent")
+
+
+def load_equivalents(patch: Path, found: list[Mutant]) -> dict[str, str]:
+    path = equivalent_file(patch)
+    if not path.is_file():
+        return {}
+    listed = parse_equivalent(path.read_text())
+    unknown = sorted(set(listed) - {m.id for m in found})
+    if unknown:
+        raise CatchingError(f"{path}: these entries name no mutant of {patch.name} (did the patch change?): "
+                            f"{', '.join(unknown)}")
+    return listed
+
+
+def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_patches=(), fragments=(),
+                deadline_s: float = 900, only=None, include_equivalent: bool = False, keep: bool = False,
+                accel: str = "auto", jobs: int | None = None) -> MutantReport:
+    """Build and test every mutant of ``patch`` (or those named in ``only``)."""
+    patch = Path(patch).resolve()
+    parsed = Patch.parse(patch.read_text())
+    found = mutants(parsed)
+    equivalents = load_equivalents(patch, found)
+    if only:
+        unknown = sorted(set(only) - {m.id for m in found})
+        if unknown:
+            raise CatchingError(f"--mutant {', '.join(unknown)}: no such mutant of {patch.name}; "
+                                f"`harness mutants --list` names them")
+        found = [m for m in found if m.id in only]
+    t_start = time.monotonic()
+    results: list[MutantResult] = []
+    (out_dir / "patches").mkdir(parents=True, exist_ok=True)
+    log.info("mutants: %d mutants of %s (%d listed as equivalent); preparing the tree", len(found), patch.name,
+             sum(1 for m in found if m.id in equivalents))
+    with VariantTree(source, base_patches, patch, fragments, jobs=jobs) as tree:
+        log.info("mutants: the unmutated kernel: %s; running the selection on it", tree.reference)
+        reference = run_selection(tree.reference, expr, deadline_s=deadline_s, log_dir=out_dir / "reference",
+                                  accel=accel)
+        if reference.status != "passed":
+            raise CatchingError(f"the unmutated kernel does not pass -k {expr!r} ({reference.status}: "
+                                f"{reference.summary()}); logs: {out_dir / 'reference'}")
+        for n, mutant in enumerate(found, 1):
+            result = MutantResult(mutant.id, mutant.operator, mutant.describe(), "", diff=mutant.diff())
+            if mutant.id in equivalents and not include_equivalent:
+                result.status, result.detail = "equivalent", equivalents[mutant.id]
+                results.append(result)
+                continue
+            text = mutant.render(parsed)
+            slug = mutant.id.replace(":", "-").replace("/", "-")
+            (out_dir / "patches" / f"{slug}.patch").write_text(text)
+            t0 = time.monotonic()
+            try:
+                kernel = tree.build(text)
+            except BuildError as e:
+                result.status, result.build_s = "build_failed", time.monotonic() - t0
+                result.detail = str(e).splitlines()[1][:200] if len(str(e).splitlines()) > 1 else str(e)[:200]
+                results.append(result)
+                log.info("mutants: [%d/%d] %s: does not build", n, len(found), mutant.id)
+                continue
+            result.build_s = time.monotonic() - t0
+            outcome = run_selection(kernel, expr, deadline_s=deadline_s, log_dir=out_dir / slug, accel=accel)
+            _record(result, outcome, equivalents.get(mutant.id))
+            results.append(result)
+            log.info("mutants: [%d/%d] %s: %s (built %.0fs, tested %.0fs) %s", n, len(found), mutant.id,
+                     result.status, result.build_s, result.test_s, result.killed_by or result.detail)
+            if not keep:
+                shutil.rmtree(kernel, ignore_errors=True)
+    return MutantReport(patch.name, expr, source.identity, reference.seconds, results, time.monotonic() - t_start)
+
+
+def _record(result: MutantResult, outcome: Outcome, equivalent_reason: str | None):
+    result.test_s = outcome.seconds
+    if outcome.status == "failed":
+        first = outcome.first_failure
+        result.status = "killed"
+        result.killed_by = f"{first.nodeid.split('::')[-1]} ({first.seconds:.0f}s)"
+        result.detail = outcome.summary()
+    elif outcome.status == "passed":
+        result.status = "equivalent" if equivalent_reason else "survived"
+        result.detail = equivalent_reason or ""
+    elif outcome.status == "timeout":
+        result.status, result.detail = "timeout", outcome.detail
+    else:
+        raise CatchingError(f"{result.id}: the selection could not run: {outcome.detail}")
+
+
+# --- verify-fix -------------------------------------------------------------------
+
+@dataclasses.dataclass
+class FixVerdict:
+    fix: str
+    selection: str
+    without: Outcome
+    with_fix: Outcome
+    kernels: tuple[Path, Path]
+
+    @property
+    def verified(self) -> bool:
+        return self.without.status == "failed" and self.with_fix.status == "passed"
+
+    def table(self) -> str:
+        rows = [("kernel", "result", "tests"),
+                ("without the fix", _word(self.without), self.without.summary()),
+                ("with the fix", _word(self.with_fix), self.with_fix.summary())]
+        widths = [max(len(r[i]) for r in rows) for i in range(2)]
+        lines = ["  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2]]) for r in rows]
+        verdict = ("verified: the selection fails without the fix and passes with it" if self.verified else
+                   "NOT verified: " + ("the selection does not fail without the fix"
+                                       if self.without.status != "failed" else "the selection fails with the fix"))
+        return "\n".join([f"verify-fix {self.fix} against -k {self.selection!r}:"] + lines + [verdict])
+
+
+def _word(outcome: Outcome) -> str:
+    return {"passed": "PASS", "failed": "FAIL", "timeout": "TIMEOUT", "error": "ERROR"}[outcome.status]
+
+
+def verify_fix(source: Source, fix: Path, *, expr: str, out_dir: Path, base_patches=(), fragments=(),
+               deadline_s: float = 900, accel: str = "auto", jobs: int | None = None) -> FixVerdict:
+    fix = Path(fix).resolve()
+    base = [Path(p) for p in base_patches]
+    without = build(source, patches=base, fragments=fragments, jobs=jobs)
+    with_fix = build(source, patches=[*base, fix], fragments=fragments, jobs=jobs)
+    outcomes = []
+    for label, kernel in (("without", without), ("with", with_fix)):
+        log.info("verify-fix: running -k %r on the kernel %s the fix", expr, label)
+        outcomes.append(run_selection(kernel, expr, deadline_s=deadline_s, log_dir=out_dir / label, accel=accel,
+                                      stop_at_first_failure=False))
+    return FixVerdict(fix.name, expr, outcomes[0], outcomes[1], (without, with_fix))
