@@ -372,3 +372,46 @@ def snapshot(where, threads=DEFAULT_THREADS, sysctls=DEFAULT_SYSCTLS, timeout: f
     if result.rc != 0:
         raise RuntimeError(f"snapshot of {where!r} failed (rc {result.rc}): {result.stderr[-2000:]}")
     return parse_snapshot(split_dump(result.stdout))
+
+
+# --- procfs only: readable while rtnl is held ----------------------------------
+# (an ethtool ioctl or a qdisc dump waits for rtnl; a test that holds an
+# unregister on purpose reads these instead)
+
+def softnet(where, timeout: float = 30.0) -> dict[int, SoftnetRow]:
+    """/proc/net/softnet_stat alone, by CPU (online CPUs only)."""
+    result = where.dump(["/proc/net/softnet_stat"]).wait(timeout)
+    if result.rc != 0:
+        raise RuntimeError(f"reading softnet_stat of {where!r} failed: {result.stderr[-2000:]}")
+    return parse_softnet(split_dump(result.stdout)["/proc/net/softnet_stat"])
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuTime:
+    """Ticks (USER_HZ) of one CPU from /proc/stat: busy and all."""
+    busy: int
+    total: int
+
+    def __sub__(self, other: "CpuTime") -> "CpuTime":
+        return CpuTime(self.busy - other.busy, self.total - other.total)
+
+    @property
+    def busy_fraction(self) -> float:
+        return self.busy / self.total if self.total else 0.0
+
+
+def parse_proc_stat(text: str) -> dict[int, CpuTime]:
+    """The per-CPU lines of /proc/stat; idle and iowait are not busy."""
+    out = {}
+    for line in text.splitlines():
+        name, *fields = line.split()
+        if not (name.startswith("cpu") and name[3:].isdigit()):
+            continue
+        ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+        out[int(name[3:])] = CpuTime(sum(ticks) - ticks[3] - ticks[4], sum(ticks))
+    return out
+
+
+def cpu_times(where, timeout: float = 30.0) -> dict[int, CpuTime]:
+    result = where.dump(["/proc/stat"]).wait(timeout)
+    return parse_proc_stat(split_dump(result.stdout)["/proc/stat"])

@@ -13,8 +13,10 @@ import time
 
 import pytest
 
-from harness.observe import snapshot
-from harness.rps import SteeredVeth, cpu_hog
+from harness.backlog import (SEED_002_HINT, backlog_thread, backlog_threaded, has_backlog_sysctl, max_backlog,
+                             pin)
+from harness.observe import cpu_times, snapshot, softnet
+from harness.rps import CpuHog, SteeredVeth
 
 DELETE_WITHIN_S = 10.0  # under TCG
 
@@ -94,7 +96,7 @@ def test_flush_unregister_waits_for_a_busy_target_cpu(guest, kernel):
     pair = SteeredVeth(guest, target_cpu=1, sender_cpu=0).create()
     hog_s = 4.0
     try:
-        hog = cpu_hog(guest, 1, hog_s)
+        hog = CpuHog(guest, 1, hog_s).start()
         result = pair.send(3_000)  # queued on CPU 1, whose thread can hardly run
         t0 = time.monotonic()
         deleted = guest.run(f"ip link del {pair.tx}", timeout=60)
@@ -107,3 +109,79 @@ def test_flush_unregister_waits_for_a_busy_target_cpu(guest, kernel):
     assert took < hog_s + DELETE_WITHIN_S, f"deleting took {took:.1f}s after the hog stopped"
     assert guest.run(f"test -e /sys/class/net/{pair.rx}").rc != 0
     assert queues_empty(guest)
+
+
+# -- seed 002's handshake: a backlog thread that owns process_queue ----------
+
+HELD_N = 5_000  # fits netdev_max_backlog (raised to 10000 here): nothing is dropped
+
+
+def load_process_queue(guest, pair, hog, n):
+    """Queue ``n`` packets for CPU 1's backlog while its thread (pinned to
+    the hogged CPU 2) cannot run, then pulse the hog until the thread has
+    run a little: it splices the whole input queue into process_queue,
+    processes some of it and is preempted at a quota boundary.  Returns
+    (packets processed so far, softnet before the send).  Checked, not
+    hoped for: afterwards process_queue holds exactly n - processed."""
+    before = softnet(guest)
+    # from CPU 0: RPS enqueues to CPU 1's backlog remotely
+    assert pair.inject(n) == (n, 0)
+    rows = softnet(guest)
+    assert rows[1].backlog_len == n, f"expected {n} queued on CPU 1 with its thread held: {rows[1]}"
+    for _ in range(10):
+        hog.pulse()
+        time.sleep(0.3)
+        rows = softnet(guest)
+        done = rows[2].processed - before[2].processed
+        if done:
+            break
+    assert 0 < done < n, f"the thread processed {done} of {n} packets during the pulses"
+    assert rows[1].backlog_len == n - done, f"{rows[1]} after {done} processed"
+    return done, before
+
+
+@pytest.mark.parametrize("in_namespace", [False, True], ids=["device", "namespace"])
+@pytest.mark.guest(vcpus=3)
+def test_flush_unregister_waits_for_a_held_backlog_thread(guest, in_namespace):
+    """Seed 002, threaded: CPU 1's backlog thread (pinned to CPU 2, held off
+    it by a SCHED_FIFO hog) owns a non-empty process_queue when the device,
+    or its namespace, is unregistered.  flush_backlog() leaves process_queue
+    to the thread and waits for it (process_queue_empty): the deletion does
+    not complete while the thread is held, the flushing CPU sleeps
+    meanwhile (it does not spin), and once the thread runs it processes
+    every queued packet exactly, none freed under it; then the deletion
+    completes and every queue is empty."""
+    if not has_backlog_sysctl(guest):
+        pytest.skip(f"kernel {guest.release} has no net.core.backlog_threaded (seed 002); {SEED_002_HINT}")
+    pair = SteeredVeth(guest, target_cpu=1, sender_cpu=0, netns="heldns" if in_namespace else None).create()
+    deletion = None
+    try:
+        with max_backlog(guest, 10_000), backlog_threaded(guest):
+            pin(guest, backlog_thread(guest, 1).pid, 2)
+            with CpuHog(guest, cpu=2, seconds=120, pulse_us=1000) as hog:
+                done, before = load_process_queue(guest, pair, hog, HELD_N)
+                busy_before = cpu_times(guest)
+                deletion = guest.spawn(f"ip netns del {pair.netns}" if in_namespace else f"ip link del {pair.tx}")
+                time.sleep(2.0)
+                still_there = guest.run(f"test -e /sys/class/net/{pair.tx}").rc == 0
+                flushing_cpu = (cpu_times(guest)[1] - busy_before[1]).busy_fraction
+                rows = softnet(guest)
+                assert still_there, "the device went while its packets were still queued for the held thread"
+                assert rows[2].processed - before[2].processed == done, "the held thread ran"
+                assert flushing_cpu < 0.5, f"CPU 1 was {flushing_cpu:.0%} busy while the unregister waited"
+            # the hog is gone: the thread finishes its round, the unregister completes
+            t0 = time.monotonic()
+            assert deletion.wait(DELETE_WITHIN_S).rc == 0
+            while guest.run(f"test -e /sys/class/net/{pair.tx}").rc == 0:
+                assert time.monotonic() - t0 < DELETE_WITHIN_S, "the device is still there after the release"
+                time.sleep(0.05)
+            after = softnet(guest)
+    finally:
+        if deletion is not None and deletion.running:
+            deletion.kill()
+        pair.delete()
+    processed = {cpu: after[cpu].processed - before[cpu].processed for cpu in after}
+    assert processed[2] == HELD_N and sum(processed.values()) == HELD_N, \
+        f"every queued packet is processed by the thread (on CPU 2), none is freed under it: {processed}"
+    assert sum(after[cpu].dropped - before[cpu].dropped for cpu in after) == 0
+    assert all(row.backlog_len == 0 for row in after.values())

@@ -11,7 +11,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from harness.observe import snapshot
-from harness.rps import SteeredVeth, cpu_hog
+from harness.rps import CpuHog, SteeredVeth
 from harness.traffic import send_frames
 
 TUN_RING = Path(__file__).parent / "guest" / "tun_ring.py"
@@ -100,7 +100,7 @@ def test_ring_drops_backlog_overflow_counted_exactly(guest, kernel):
     guest.check("sysctl -qw net.core.netdev_max_backlog=100")
     try:
         before = snapshot(guest)
-        hog = cpu_hog(guest, 1, 4)
+        hog = CpuHog(guest, 1, 4).start()
         result = pair.send(50_000)
         hog.wait(30)
         time.sleep(0.5)

@@ -12,13 +12,14 @@ is processed or dropped, and nothing else is received.
 """
 import pytest
 
-from harness.observe import parse_cpu_list, snapshot
-from harness.rps import SteeredVeth
+import time
+
+from harness.backlog import (SEED_002_HINT, SYSCTL, backlog_thread, backlog_threaded, backlog_threads,
+                             has_backlog_sysctl, max_backlog, pin, set_backlog_threaded)
+from harness.observe import parse_cpu_list, snapshot, softnet
+from harness.rps import CpuHog, SteeredVeth
 
 N = 20_000
-SYSCTL = "/proc/sys/net/core/backlog_threaded"
-SEED_002 = ("build a kernel carrying seed 002: tools/build-kernel --debian-source 6.1 "
-            "--patch images/patches/0001-net-core-add-optional-threading-for-backlog-processing.patch")
 
 
 def needs_boot_parameter(kernel):
@@ -27,8 +28,8 @@ def needs_boot_parameter(kernel):
 
 
 def needs_sysctl(guest):
-    if guest.run(f"test -e {SYSCTL}").rc != 0:
-        pytest.skip(f"kernel {guest.release} has no net.core.backlog_threaded (seed 002); {SEED_002}")
+    if not has_backlog_sysctl(guest):
+        pytest.skip(f"kernel {guest.release} has no net.core.backlog_threaded (seed 002); {SEED_002_HINT}")
 
 
 @pytest.fixture
@@ -90,40 +91,47 @@ def test_threaded_backlog_off_rps_raises_ipis(guest, kernel, steered):
 
 # -- seed 002: net.core.backlog_threaded -----------------------------------
 
-def backlog_threads(guest):
-    return snapshot(guest, threads=("napi/backlog-*",)).threads("napi/backlog-*")
+def seed_threads(guest):
+    return sorted(t.name for t in backlog_threads(guest) if t.name.startswith("napi/backlog-"))
 
 
-def set_threaded(guest, value: int):
-    guest.check(f"echo {value} > {SYSCTL}")
+def possible_cpus(guest):
+    return parse_cpu_list(guest.check("cat /sys/devices/system/cpu/possible").stdout)
 
 
 @pytest.mark.guest(vcpus=2)
 def test_threaded_backlog_sysctl_creates_one_thread_per_cpu(guest):
     needs_sysctl(guest)
-    set_threaded(guest, 0)
-    possible = guest.check("cat /sys/devices/system/cpu/possible").stdout.strip()
-    set_threaded(guest, 1)
-    try:
-        names = sorted(t.name for t in backlog_threads(guest))
-        assert names == sorted(f"napi/backlog-{n}" for n in parse_cpu_list(possible))
-    finally:
-        set_threaded(guest, 0)
+    set_backlog_threaded(guest, 0)
+    with backlog_threaded(guest):
+        assert seed_threads(guest) == sorted(f"napi/backlog-{n}" for n in possible_cpus(guest))
 
 
 @pytest.mark.guest(vcpus=2)
 def test_threaded_backlog_sysctl_rps_goes_through_the_threads(guest, steered):
     """With backlog_threaded=1 no RPS IPI is raised and every packet is processed."""
     needs_sysctl(guest)
-    set_threaded(guest, 1)
-    try:
+    with backlog_threaded(guest):
         before = snapshot(guest)
         result = steered.send(N)
         d = snapshot(guest) - before
-    finally:
-        set_threaded(guest, 0)
     assert result.sent == N
     assert sum(row.received_rps for row in d.softnet.values()) == 0
+    assert_all_accounted(result, d)
+
+
+@pytest.mark.guest(vcpus=2)
+def test_threaded_backlog_sysctl_off_brings_the_ipis_back(guest, steered):
+    """1 then 0: the backlogs are softirq-driven again; RPS to CPU 1 raises
+    IPIs and CPU 1 processes every packet in its softirq."""
+    needs_sysctl(guest)
+    with backlog_threaded(guest):
+        steered.send(1_000)
+    before = snapshot(guest)
+    result = steered.send(N)
+    d = snapshot(guest) - before
+    assert d.softnet[1].processed == result.sent == N
+    assert d.softnet[1].received_rps > 0
     assert_all_accounted(result, d)
 
 
@@ -132,29 +140,165 @@ def test_threaded_backlog_sysctl_toggled_under_traffic(guest, steered):
     """1 -> 0 -> 1 fifty times while RPS traffic flows: no splat (the plugin
     fails the test on one), no stall, no unaccounted packet, no thread leak."""
     needs_sysctl(guest)
-    ncpu = int(guest.check("nproc").stdout)
     before = snapshot(guest)
     run = steered.start(200_000, rate_pps=50_000)
     toggles = guest.run(f"for i in $(seq 50); do echo 1 > {SYSCTL}; echo 0 > {SYSCTL}; done; "
                         f"echo 1 > {SYSCTL}", timeout=60)
     result = run.wait(timeout=120)
     d = snapshot(guest) - before
-    set_threaded(guest, 0)
+    set_backlog_threaded(guest, 0)
     assert toggles.rc == 0, toggles.stderr
     assert result.sent == 200_000
     assert_all_accounted(result, d)
-    assert len(backlog_threads(guest)) == ncpu
+    assert seed_threads(guest) == sorted(f"napi/backlog-{n}" for n in possible_cpus(guest))
 
 
 def test_threaded_backlog_sysctl_first_thing_after_boot(make_guest):
     """v1 of the patch broke switching backlogs that were never scheduled
-    (poll_list uninitialised): switch before any packet, then steer traffic."""
+    (poll_list uninitialised): switch before any packet, then steer
+    traffic.  Writing 0 to a kernel that never threaded creates nothing."""
     fresh = make_guest("fresh", vcpus=2)
     needs_sysctl(fresh)
-    set_threaded(fresh, 1)
+    set_backlog_threaded(fresh, 0)
+    assert seed_threads(fresh) == [], "writing the current value (0) started threads"
+    set_backlog_threaded(fresh, 1)
     pair = SteeredVeth(fresh, target_cpu=1, sender_cpu=0).create()
     before = snapshot(fresh)
     result = pair.send(N)
     d = snapshot(fresh) - before
     assert result.sent == N
+    assert sum(row.received_rps for row in d.softnet.values()) == 0
     assert_all_accounted(result, d)
+
+
+def refused_enable(guest):
+    """Write 1 while no task may be created (kernel.threads-max=1): the
+    backlog threads cannot start.  Only shell builtins run meanwhile."""
+    return guest.run(f"old=$(cat /proc/sys/kernel/threads-max); echo 1 > /proc/sys/kernel/threads-max; "
+                     f"echo 1 > {SYSCTL}; rc=$?; echo $old > /proc/sys/kernel/threads-max; exit $rc")
+
+
+def test_threaded_backlog_sysctl_refused_enable_leaves_softirq_mode(make_guest):
+    """When a backlog thread cannot be created the switch is refused with an
+    error and logged; the backlogs stay softirq-driven (RPS raises IPIs,
+    CPU 1 processes every packet), no thread is left half-made, and a later
+    switch, once threads can be created, starts one thread per CPU."""
+    fresh = make_guest("refused", vcpus=2)
+    needs_sysctl(fresh)
+    start = len(fresh.console)
+    refused = refused_enable(fresh)
+    assert refused.rc != 0, "the switch succeeded without its threads"
+    fresh.mark()
+    assert "kthread_run failed with err -11" in fresh.console.text(start), "the failure was not logged"
+    assert seed_threads(fresh) == []
+    pair = SteeredVeth(fresh, target_cpu=1, sender_cpu=0).create()
+    before = snapshot(fresh)
+    result = pair.send(N)
+    d = snapshot(fresh) - before
+    assert d.softnet[1].processed == result.sent == N
+    assert d.softnet[1].received_rps > 0
+    assert_all_accounted(result, d)
+    set_backlog_threaded(fresh, 1)
+    assert seed_threads(fresh) == sorted(f"napi/backlog-{n}" for n in possible_cpus(fresh))
+    before = snapshot(fresh)
+    result = pair.send(N)
+    d = snapshot(fresh) - before
+    assert sum(row.received_rps for row in d.softnet.values()) == 0
+    assert_all_accounted(result, d)
+
+
+@pytest.mark.xfail(strict=True, reason="seed 002 v2 bug: proc_dointvec_minmax() stores 1 before "
+                                       "backlog_set_threaded() fails, and nothing puts 0 back")
+def test_threaded_backlog_sysctl_reads_back_the_mode_after_a_refused_enable(make_guest):
+    fresh = make_guest("readback", vcpus=2)
+    needs_sysctl(fresh)
+    assert refused_enable(fresh).rc != 0
+    assert fresh.check(f"cat {SYSCTL}").stdout.strip() == "0"
+
+
+# -- seed 002 and CPU hotplug (dev_cpu_dead) ------------------------------------
+
+def set_online(guest, cpu: int, online: int):
+    # from CPU 0: dev_cpu_dead() runs on the CPU that takes the other down
+    guest.check(f"taskset -c 0 sh -c 'echo {online} > /sys/devices/system/cpu/cpu{cpu}/online'", timeout=60)
+
+
+def drained(guest, before, want, timeout=20.0):
+    """softnet once processed + dropped over every CPU reach ``want``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = softnet(guest)
+        got = sum(rows[c].processed + rows[c].dropped - before[c].processed - before[c].dropped
+                  for c in rows if c in before)
+        if got >= want or time.monotonic() > deadline:
+            time.sleep(0.3)  # anything beyond what was sent would show now
+            return softnet(guest)
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("mode", ["softirq", "backlog_threaded"])
+@pytest.mark.guest(vcpus=3)
+def test_threaded_backlog_hotplug_rps_target_under_traffic(guest, mode):
+    """CPU 1, the RPS target, goes offline and back online three times while
+    pktgen floods it.  Every packet is processed or dropped, each counted
+    once: what the dead CPU had queued is moved to a live CPU (softirq) or
+    drained by its thread (threaded), and once the CPU is back its backlog
+    runs again."""
+    if mode == "backlog_threaded":
+        needs_sysctl(guest)
+        set_backlog_threaded(guest, 1)
+    pair = SteeredVeth(guest, target_cpu=1, sender_cpu=0).create()
+    try:
+        before = softnet(guest)
+        run = pair.start(300_000)
+        time.sleep(1.0)
+        for _ in range(3):
+            set_online(guest, 1, 0)
+            time.sleep(0.3)
+            set_online(guest, 1, 1)
+            time.sleep(0.3)
+        result = run.wait(180)
+        after = drained(guest, before, result.sent + result.errors)
+    finally:
+        guest.run("echo 1 > /sys/devices/system/cpu/cpu1/online")
+        if mode == "backlog_threaded":
+            set_backlog_threaded(guest, 0)
+        pair.delete()
+    processed = sum(after[c].processed - before[c].processed for c in after)
+    dropped = sum(after[c].dropped - before[c].dropped for c in after)
+    assert processed + dropped == result.sent + result.errors, \
+        f"pktgen: {result.sent} sent, {result.errors} refused; softnet: {processed} processed, {dropped} dropped"
+    assert after[1].backlog_len == 0
+
+
+@pytest.mark.guest(vcpus=3)
+def test_threaded_backlog_hotplug_dead_cpus_backlog_is_left_to_its_thread(guest):
+    """Seed 002's dev_cpu_dead() hunk: a threaded backlog of a CPU that goes
+    offline stays with its thread.  CPU 1's thread (pinned to CPU 2, held
+    there by a hog) has 3000 packets queued when CPU 1 dies: nothing is
+    re-injected elsewhere (nothing is processed while the thread is held),
+    and once released the thread processes all 3000 on CPU 2."""
+    needs_sysctl(guest)
+    n = 3_000
+    pair = SteeredVeth(guest, target_cpu=1, sender_cpu=0).create()
+    try:
+        with max_backlog(guest, 10_000), backlog_threaded(guest):
+            pin(guest, backlog_thread(guest, 1).pid, 2)
+            pin(guest, backlog_thread(guest, 0).pid, 0)
+            with CpuHog(guest, cpu=2, seconds=120):
+                before = softnet(guest)
+                assert pair.inject(n) == (n, 0)
+                assert softnet(guest)[1].backlog_len == n, "the packets are not all queued on CPU 1"
+                set_online(guest, 1, 0)
+                time.sleep(1.0)
+                held = softnet(guest)
+                moved = {c: held[c].processed - before[c].processed for c in held}
+                assert moved == {0: 0, 2: 0}, f"the dead CPU's packets were processed elsewhere: {moved}"
+            after = drained(guest, before, n)
+            set_online(guest, 1, 1)
+    finally:
+        guest.run("echo 1 > /sys/devices/system/cpu/cpu1/online")
+        pair.delete()
+    processed = {c: after[c].processed - before[c].processed for c in after}
+    assert processed == {0: 0, 2: n}, f"CPU 1's thread (on CPU 2) processes every packet: {processed}"
+    assert sum(after[c].dropped - before[c].dropped for c in after) == 0

@@ -26,6 +26,7 @@
 #include <glob.h>
 #include <net/if.h>
 #include <linux/ethtool.h>
+#include <linux/if_packet.h>
 #include <linux/gen_stats.h>
 #include <linux/netlink.h>
 #include <linux/pkt_sched.h>
@@ -44,6 +45,7 @@
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_JOBS 64
@@ -257,14 +259,46 @@ static void dump(char *request)
 	_exit(0);
 }
 
+/* The CPUs jobs may run on: all of them, unless a test keeps some for
+ * itself (a CPU hog: a job the scheduler placed there would never run)
+ * by writing a CPU list ("0-1,3") to JOB_CPUS. */
+#define JOB_CPUS "/run/harness/job-cpus"
+
+static void job_cpus(cpu_set_t *set)
+{
+	char buf[256];
+	int fd = open(JOB_CPUS, O_RDONLY | O_CLOEXEC);
+	*set = all_cpus;
+	if (fd < 0) return;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0) return;
+	buf[n] = 0;
+	cpu_set_t want;
+	CPU_ZERO(&want);
+	for (char *p = buf; *p; ) {
+		char *end;
+		long lo = strtol(p, &end, 10), hi = lo;
+		if (end == p) break;
+		if (*end == '-') hi = strtol(end + 1, &end, 10);
+		for (long c = lo; c <= hi && c < CPU_SETSIZE; c++) CPU_SET(c, &want);
+		p = end + (*end == ',');
+		if (*end != ',') break;
+	}
+	CPU_AND(&want, &want, &all_cpus);
+	if (CPU_COUNT(&want)) *set = want;
+}
+
 static void start(uint32_t id, char *command, int is_dump)
 {
 	int out[2], err[2], slot;
+	cpu_set_t cpus;
 	for (slot = 0; slot < MAX_JOBS && jobs[slot].pid; slot++) ;
 	if (slot == MAX_JOBS) { send_text(id, 'F', "agent: too many jobs"); return; }
 	if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
 		send_text(id, 'F', strerror(errno)); return;
 	}
+	job_cpus(&cpus);
 	/* vfork: no page tables copied; the agent resumes when the child execs.
 	 * A dump runs in the child itself, so it needs a real fork. */
 	pid_t pid = is_dump ? fork() : vfork();
@@ -272,7 +306,7 @@ static void start(uint32_t id, char *command, int is_dump)
 	if (pid == 0) {
 		int null = open("/dev/null", O_RDONLY);
 		setsid();
-		sched_setaffinity(0, sizeof(all_cpus), &all_cpus);
+		sched_setaffinity(0, sizeof(cpus), &cpus);
 		dup2(null, 0); dup2(out[1], 1); dup2(err[1], 2);
 		signal(SIGPIPE, SIG_DFL);
 		if (is_dump) dump(command);
@@ -347,12 +381,118 @@ static int bind_list(const char *list, const char *from, const char *to)
 	return 0;
 }
 
+/*
+ * --hog CPU SECONDS [PRIORITY [PULSE_US]]: hold CPU with a SCHED_FIFO busy
+ * loop, for tests that keep a thread off its CPU on purpose.  Prints
+ * "ready PID" once it runs there.  Each SIGUSR1 is a pulse: the hog sleeps
+ * PULSE_US and spins again, so whatever waits for the CPU runs briefly.
+ * It stops at SECONDS, on SIGTERM, or as soon as it is moved off its CPU
+ * (the CPU went offline), printing why.
+ */
+static volatile sig_atomic_t hog_pulses, hog_stop;
+static void hog_on_usr1(int sig) { (void)sig; hog_pulses++; }
+static void hog_on_term(int sig) { (void)sig; hog_stop = 1; }
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int hog(int cpu, double seconds, int priority, long pulse_us)
+{
+	cpu_set_t one;
+	struct sched_param sp = { .sched_priority = priority };
+	CPU_ZERO(&one);
+	CPU_SET(cpu, &one);
+	signal(SIGUSR1, hog_on_usr1);
+	signal(SIGTERM, hog_on_term);
+	if (sched_setaffinity(0, sizeof(one), &one)) { perror("hog: sched_setaffinity"); return 1; }
+	if (sched_setscheduler(0, SCHED_FIFO, &sp)) { perror("hog: sched_setscheduler"); return 1; }
+	while (sched_getcpu() != cpu)
+		sched_yield();
+	printf("ready %d\n", (int)getpid());
+	fflush(stdout);
+	double end = now_s() + seconds;
+	unsigned long spins = 0;
+	while (!hog_stop) {
+		if (hog_pulses) {
+			struct timespec ts = { pulse_us / 1000000, (pulse_us % 1000000) * 1000 };
+			hog_pulses--;
+			nanosleep(&ts, NULL);
+		}
+		if ((++spins & 0xfff) == 0) {
+			if (sched_getcpu() != cpu) { printf("migrated\n"); return 0; }
+			if (now_s() >= end) { printf("done\n"); return 0; }
+		}
+	}
+	printf("stopped\n");
+	return 0;
+}
+
+/*
+ * --send DEV DST_MAC COUNT [SIZE]: COUNT copies of one UDP/IPv4 frame
+ * (198.18.0.1:9 -> 198.18.0.2:9, SIZE bytes, 60 by default) out of DEV
+ * through a packet socket, as fast as the kernel takes them.  Unlike
+ * pktgen it does not wait for the last packet to be consumed, so it can
+ * fill a backlog whose consumer is held.  Prints "sent N refused M".
+ */
+static uint16_t ip_checksum(const uint8_t *p, int len)
+{
+	uint32_t sum = 0;
+	for (int i = 0; i < len; i += 2) sum += (p[i] << 8) | p[i + 1];
+	while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+static int send_frames(const char *dev, const char *mac, long count, int size)
+{
+	uint8_t frame[1514] = { 0 };
+	unsigned int m[6];
+	if (size < 60) size = 60;
+	if (size > (int)sizeof(frame)) size = sizeof(frame);
+	if (sscanf(mac, "%x:%x:%x:%x:%x:%x", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]) != 6) {
+		fprintf(stderr, "send: bad MAC %s\n", mac);
+		return 2;
+	}
+	int fd = socket(AF_PACKET, SOCK_RAW, 0);
+	struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_ifindex = if_nametoindex(dev), .sll_halen = 6 };
+	if (fd < 0 || !to.sll_ifindex) { perror(dev); return 1; }
+	/* queued packets stay charged to the socket until consumed */
+	int sndbuf = 256 << 20;
+	setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf));
+	for (int i = 0; i < 6; i++) frame[i] = to.sll_addr[i] = m[i];
+	frame[6] = 0x02; frame[11] = 0x01;                   /* source 02:00:00:00:00:01 */
+	frame[12] = 0x08; frame[13] = 0x00;                   /* IPv4 */
+	uint8_t *ip = frame + 14, *udp = ip + 20;
+	int ip_len = size - 14;
+	ip[0] = 0x45; ip[2] = ip_len >> 8; ip[3] = ip_len; ip[8] = 64; ip[9] = 17;
+	ip[12] = 198; ip[13] = 18; ip[14] = 0; ip[15] = 1;
+	ip[16] = 198; ip[17] = 18; ip[18] = 0; ip[19] = 2;
+	uint16_t sum = ip_checksum(ip, 20);
+	ip[10] = sum >> 8; ip[11] = sum;
+	udp[1] = 9; udp[3] = 9; udp[4] = (ip_len - 20) >> 8; udp[5] = ip_len - 20;
+	long sent = 0, refused = 0;
+	for (long i = 0; i < count; i++) {
+		if (sendto(fd, frame, size, MSG_DONTWAIT, (struct sockaddr *)&to, sizeof(to)) == size) sent++;
+		else refused++;
+	}
+	printf("sent %ld refused %ld\n", sent, refused);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static char in[1 << 20];
 	size_t have = 0;
 	struct utsname u;
 
+	if (argc >= 5 && !strcmp(argv[1], "--send"))
+		return send_frames(argv[2], argv[3], atol(argv[4]), argc > 5 ? atoi(argv[5]) : 60);
+	if (argc >= 4 && !strcmp(argv[1], "--hog"))
+		return hog(atoi(argv[2]), atof(argv[3]), argc > 4 ? atoi(argv[4]) : 50,
+			   argc > 5 ? atol(argv[5]) : 1000);
 	if (argc == 5 && !strcmp(argv[1], "--bind"))
 		return bind_list(argv[2], argv[3], argv[4]);
 	if (argc >= 3 && !strcmp(argv[1], "--dump")) { /* the same dump, for host namespaces */
@@ -362,20 +502,21 @@ int main(int argc, char **argv)
 		dump(in);
 	}
 	if (argc < 2) {
-		fprintf(stderr, "usage: agent PORT [SHELL] | --bind LIST FROM TO | --dump NETNS PATTERN...\n");
+		fprintf(stderr, "usage: agent PORT [SHELL] | --bind LIST FROM TO | --dump NETNS PATTERN... | --hog CPU SECONDS [PRIO [PULSE_US]] | --send DEV MAC COUNT [SIZE]\n");
 		return 2;
 	}
 	if (argc > 2) shell = argv[2];
 	port = open(argv[1], O_RDWR | O_CLOEXEC);
 	if (port < 0) { perror(argv[1]); return 1; }
 	signal(SIGPIPE, SIG_IGN);
-	/* Fork onto our own CPU: waking an idle vCPU costs milliseconds under
-	 * TCG.  Children get every CPU back before they exec. */
+	/* Fork on CPU 0, the boot CPU (never taken offline, never hogged by a
+	 * test): waking an idle vCPU costs milliseconds under TCG.  Children
+	 * get their CPUs back (job_cpus()) before they exec. */
 	sched_getaffinity(0, sizeof(all_cpus), &all_cpus);
 	{
 		cpu_set_t one;
 		CPU_ZERO(&one);
-		CPU_SET(sched_getcpu(), &one);
+		CPU_SET(0, &one);
 		sched_setaffinity(0, sizeof(one), &one);
 	}
 	uname(&u);

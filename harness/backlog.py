@@ -1,0 +1,66 @@
+"""Backlog threads in a guest: seed 002's run-time switch
+(``net.core.backlog_threaded``, threads ``napi/backlog-N``) and upstream's
+boot parameter (``thread_backlog_napi``, threads ``backlog_napi/N``).
+
+    if not has_backlog_sysctl(guest): pytest.skip(...)
+    with backlog_threaded(guest):           # 1 inside, 0 after
+        thread = backlog_thread(guest, 1)   # KThread of CPU 1's backlog
+        pin(guest, thread.pid, 2)           # it polls CPU 1's backlog from CPU 2
+"""
+from __future__ import annotations
+
+import contextlib
+
+from .observe import KThread, snapshot
+
+SYSCTL = "/proc/sys/net/core/backlog_threaded"
+SEED_002_PATCH = "images/patches/0001-net-core-add-optional-threading-for-backlog-processing.patch"
+SEED_002_HINT = f"build a kernel carrying seed 002: tools/build-kernel --debian-source 6.1 --patch {SEED_002_PATCH}"
+THREAD_NAMES = ("napi/backlog-*", "backlog_napi/*")
+
+
+def has_backlog_sysctl(where) -> bool:
+    return where.run(f"test -e {SYSCTL}").rc == 0
+
+
+def set_backlog_threaded(where, value: int):
+    where.check(f"echo {value} > {SYSCTL}")
+
+
+@contextlib.contextmanager
+def backlog_threaded(where):
+    """net.core.backlog_threaded=1 for the block, 0 after it."""
+    set_backlog_threaded(where, 1)
+    try:
+        yield
+    finally:
+        set_backlog_threaded(where, 0)
+
+
+@contextlib.contextmanager
+def max_backlog(where, packets: int):
+    """net.core.netdev_max_backlog=packets for the block, the old value after."""
+    old = where.check("sysctl -n net.core.netdev_max_backlog").stdout.strip()
+    where.check(f"sysctl -qw net.core.netdev_max_backlog={packets}")
+    try:
+        yield
+    finally:
+        where.check(f"sysctl -qw net.core.netdev_max_backlog={old}")
+
+
+def backlog_threads(where) -> list[KThread]:
+    return [t for t in snapshot(where, threads=THREAD_NAMES).kthreads]
+
+
+def backlog_thread(where, cpu: int) -> KThread:
+    """The thread that processes CPU ``cpu``'s backlog (either naming)."""
+    names = {f"napi/backlog-{cpu}", f"backlog_napi/{cpu}"}
+    found = [t for t in backlog_threads(where) if t.name in names]
+    if len(found) != 1:
+        raise AssertionError(f"expected one backlog thread for CPU {cpu}, found {found}")
+    return found[0]
+
+
+def pin(where, pid: int, cpu: int):
+    """Restrict a task (a kernel thread too, unless it is bound) to one CPU."""
+    where.check(f"taskset -pc {cpu} {pid} >/dev/null")
