@@ -2,7 +2,7 @@
 real bug breaks it?
 
 ``run_mutants``: every mutant of a patch (harness.mutants) is built on one
-prepared tree (harness.kbuild.VariantTree: a mutant recompiles one file and
+prepared tree (harness.kbuild.Tree: a mutant recompiles one file and
 relinks) and the selection runs on it (harness.selection); each mutant is
 killed (by which test, how long), survives, times out or does not build.
 Mutants listed as equivalent beside the patch (``<patch>.equivalent``) are
@@ -21,7 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
-from .kbuild import BuildError, Source, VariantTree, build
+from .kbuild import BuildError, Source, Tree
 from .mutants import Mutant, Patch, mutants, parse_equivalent
 from .selection import Outcome, run_selection
 from .util import HarnessError
@@ -145,9 +145,11 @@ def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_p
     (out_dir / "patches").mkdir(parents=True, exist_ok=True)
     log.info("mutants: %d mutants of %s (%d listed as equivalent); preparing the tree", len(found), patch.name,
              sum(1 for m in found if m.id in equivalents))
-    with VariantTree(source, base_patches, patch, fragments, jobs=jobs) as tree:
-        log.info("mutants: the unmutated kernel: %s; running the selection on it", tree.reference)
-        reference = run_selection(tree.reference, expr, deadline_s=deadline_s, log_dir=out_dir / "reference",
+    base = [Path(p) for p in base_patches]
+    with Tree(source, fragments, jobs=jobs) as tree:
+        unmutated = tree.build([*base, patch])
+        log.info("mutants: the unmutated kernel: %s; running the selection on it", unmutated)
+        reference = run_selection(unmutated, expr, deadline_s=deadline_s, log_dir=out_dir / "reference",
                                   accel=accel)
         if reference.status != "passed":
             raise CatchingError(f"the unmutated kernel does not pass -k {expr!r} ({reference.status}: "
@@ -163,7 +165,7 @@ def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_p
             (out_dir / "patches" / f"{slug}.patch").write_text(text)
             t0 = time.monotonic()
             try:
-                kernel = tree.build(text)
+                kernel = tree.build([*base, text])
             except BuildError as e:
                 result.status, result.build_s = "build_failed", time.monotonic() - t0
                 result.detail = str(e).splitlines()[1][:200] if len(str(e).splitlines()) > 1 else str(e)[:200]
@@ -231,8 +233,9 @@ def verify_fix(source: Source, fix: Path, *, expr: str, out_dir: Path, base_patc
                deadline_s: float = 900, accel: str = "auto", jobs: int | None = None) -> FixVerdict:
     fix = Path(fix).resolve()
     base = [Path(p) for p in base_patches]
-    without = build(source, patches=base, fragments=fragments, jobs=jobs)
-    with_fix = build(source, patches=[*base, fix], fragments=fragments, jobs=jobs)
+    with Tree(source, fragments, jobs=jobs) as tree:
+        without = tree.build(base)
+        with_fix = tree.build([*base, fix])
     outcomes = []
     for label, kernel in (("without", without), ("with", with_fix)):
         log.info("verify-fix: running -k %r on the kernel %s the fix", expr, label)

@@ -126,66 +126,204 @@ def missing_options(wanted: dict[str, str], config_text: str) -> list[str]:
             if have.get(name, "n").strip('"') != value.strip('"')]
 
 
-def build_key(source: Source, patches: list[Path], fragments: list[Path]) -> str:
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def build_key(source: Source, patches: list, fragments: list[Path]) -> str:
+    """Names a build by what went into it: patches are paths or texts."""
+    texts = [p.encode() if isinstance(p, str) else Path(p).read_bytes() for p in patches]
     digest = hashlib.sha256(json.dumps({
         "builder": BUILDER_VERSION, "source": source.identity,
-        "patches": [hashlib.sha256(p.read_bytes()).hexdigest() for p in patches],
-        "fragments": [hashlib.sha256(f.read_bytes()).hexdigest() for f in fragments],
+        "patches": [_digest(t) for t in texts],
+        "fragments": [_digest(f.read_bytes()) for f in fragments],
     }).encode())
     return digest.hexdigest()[:16]
 
 
-def _check_inputs(patches, fragments) -> tuple[list[Path], list[Path]]:
-    patches = [Path(p).expanduser().resolve() for p in patches]
+def _check_inputs(patches, fragments) -> tuple[list, list[Path]]:
+    checked = []
+    for p in patches:
+        if isinstance(p, str) and "\n" in p:
+            checked.append(p)  # a patch's text (a mutant, a variant)
+            continue
+        path = Path(p).expanduser().resolve()
+        if not path.is_file():
+            raise BuildError(f"--patch {path}: no such file")
+        checked.append(path)
     fragments = [HARNESS_CONFIG, *(Path(f).expanduser().resolve() for f in fragments)]
-    for kind, paths in (("--patch", patches), ("--config", fragments)):
-        for p in paths:
-            if not p.is_file():
-                raise BuildError(f"{kind} {p}: no such file")
-    return patches, fragments
+    for f in fragments:
+        if not f.is_file():
+            raise BuildError(f"--config {f}: no such file")
+    return checked, fragments
 
 
 def builds_dir() -> Path:
     return cache_dir() / "builds"
 
 
+def trees_dir() -> Path:
+    return cache_dir() / "trees"
+
+
+KEEP_TREES = 2  # prepared trees kept besides the one in use (each is a few GB)
+
+
 def build(source: Source, *, patches=(), fragments=(), jobs: int | None = None) -> Path:
-    """The output directory of a build with these inputs; built when not cached."""
-    patches, fragments = _check_inputs(patches, fragments)
-    out = builds_dir() / f"{source.name}-{build_key(source, patches, fragments)}"
+    """The output directory of a build with these inputs; built when not
+    cached, on the prepared tree of this source and config."""
+    patches, frags = _check_inputs(patches, fragments)
+    out = builds_dir() / f"{source.name}-{build_key(source, patches, frags)}"
     if (out / "bzImage").is_file():
         log.info("build-kernel: cached: %s", out)
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _cache_lock():
-        if (out / "bzImage").is_file():
-            return out
-        work = cache_dir() / "work" / source.name
-        shutil.rmtree(work, ignore_errors=True)
-        log_path = out.parent / f"{out.name}.log"
-        try:
-            t0 = time.monotonic()
-            _prepare(work, source, patches)
-            _configure(work, fragments)
-            _make(work, jobs or os.cpu_count() or 1, log_path, t0)
-            _collect(work, out, log_path)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)  # the objects live on in ccache
-    log.info("build-kernel: built: %s", out)
-    return out
+    with Tree(source, fragments, jobs=jobs) as tree:
+        return tree.build(patches)
 
 
-class _cache_lock:
-    """One build at a time per cache (builds and variant trees alike)."""
+class Tree:
+    """A prepared kernel tree for one source and config, kept in the cache
+    and built incrementally: a build applies its patches to the pristine
+    versions of the files they touch, rewrites only the files whose text
+    differs from what the tree holds, and runs make, which recompiles
+    those and relinks.  Variants of one patch (mutants, a patch without
+    its fix) each cost one file's compile and a link.
+
+        with Tree(source, fragments) as tree:
+            out = tree.build([patch_path_or_text, ...])   # Kernel.from_path(out)
+
+    Outputs land in the build cache under the same key whichever way they
+    were built.  One build at a time per tree (a lock file)."""
+
+    def __init__(self, source: Source, fragments=(), *, jobs: int | None = None):
+        self.source = source
+        _, self.fragments = _check_inputs((), fragments)
+        self.jobs = jobs or os.cpu_count() or 1
+        key = _digest(json.dumps({"builder": BUILDER_VERSION, "source": source.identity,
+                                  "fragments": [_digest(f.read_bytes()) for f in self.fragments]}).encode())[:16]
+        self.dir = trees_dir() / f"{source.name}-{key}"
+        self.work = self.dir / "src"
+        self.pristine = self.dir / "pristine"   # files as the source has them, saved before first change
+        self._lock = None
 
     def __enter__(self):
-        builds_dir().mkdir(parents=True, exist_ok=True)
-        self._file = open(builds_dir() / ".lock", "w")
-        fcntl.flock(self._file, fcntl.LOCK_EX)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.dir / ".lock", "w")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        (self.dir / ".used").touch()
+        try:
+            if not (self.dir / ".ready").exists():
+                self._prepare()
+            _prune_trees(keep=self.dir)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc):
-        self._file.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _prepare(self):
+        t0 = time.monotonic()
+        shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.pristine, ignore_errors=True)
+        log.info("build-kernel: preparing %s in %s", self.source.identity, self.work)
+        self.source.prepare(self.work)
+        self.pristine.mkdir(parents=True)
+        _configure(self.work, self.fragments)
+        (self.dir / ".ready").write_text(f"{self.source.identity}\nprepared in {time.monotonic() - t0:.0f}s\n")
+
+    def build(self, patches=()) -> Path:
+        """Source + ``patches`` (paths or texts, in order), compiled."""
+        patches, _ = _check_inputs(patches, ())
+        out = builds_dir() / f"{self.source.name}-{build_key(self.source, patches, self.fragments)}"
+        if (out / "bzImage").is_file():
+            return out
+        t0 = time.monotonic()
+        texts = [p if isinstance(p, str) else p.read_text() for p in patches]
+        touched = list(dict.fromkeys(f for t in texts for f in touched_files(t)))
+        for rel in touched:  # first change to a file: keep the source's version
+            saved = self.pristine / rel
+            if not saved.exists() and not (self.pristine / (rel + ".absent")).exists():
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                if (self.work / rel).exists():
+                    shutil.copy2(self.work / rel, saved)
+                else:
+                    (self.pristine / (rel + ".absent")).touch()
+        wanted = self._apply(texts, touched, patches)
+        changed = []
+        for rel in self._ever_touched():
+            target = self.work / rel
+            current = target.read_bytes() if target.exists() else None
+            want = wanted.get(rel, self._pristine_bytes(rel))
+            if want != current:
+                changed.append(rel)
+                if want is None:
+                    target.unlink()
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(want)
+        log.info("build-kernel: %s: %d patch(es), %d file(s) changed in the tree", out.name, len(texts), len(changed))
+        if any(Path(rel).name.startswith("Kconfig") for rel in changed):
+            _configure(self.work, self.fragments)
+        builds_dir().mkdir(parents=True, exist_ok=True)
+        log_path = builds_dir() / f"{out.name}.log"
+        _make(self.work, self.jobs, log_path, t0)
+        _collect(self.work, out, log_path)
+        log.info("build-kernel: built: %s", out)
+        return out
+
+    def _ever_touched(self) -> list[str]:
+        found = []
+        for p in self.pristine.rglob("*"):
+            if p.is_file():
+                rel = str(p.relative_to(self.pristine))
+                found.append(rel[:-len(".absent")] if rel.endswith(".absent") else rel)
+        return sorted(found)
+
+    def _pristine_bytes(self, rel: str) -> bytes | None:
+        saved = self.pristine / rel
+        return saved.read_bytes() if saved.exists() else None
+
+    def _apply(self, texts: list[str], touched: list[str], names: list) -> dict[str, bytes | None]:
+        """The touched files' text after applying the patches, in order, to
+        their pristine versions (in a scratch directory)."""
+        scratch = Path(tempfile.mkdtemp(dir=self.dir, prefix=".apply-"))
+        try:
+            for rel in touched:
+                if (self.pristine / rel).exists():
+                    (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(self.pristine / rel, scratch / rel)
+            for text, name in zip(texts, names):
+                patch_file = scratch / ".patch"
+                patch_file.write_text(text)
+                label = name if isinstance(name, Path) else "a patch given as text"
+                result = cmd(["patch", "-p1", "--forward", "--batch", "-d", scratch, "-i", patch_file], check=False)
+                if result.returncode != 0:
+                    raise BuildError(f"--patch {label}: does not apply to {self.source.identity}:\n"
+                                     f"{(result.stdout + result.stderr)[-3000:]}")
+                patch_file.unlink()
+            return {rel: (scratch / rel).read_bytes() if (scratch / rel).exists() else None for rel in touched}
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _prune_trees(keep: Path):
+    """Remove the least recently used prepared trees beyond KEEP_TREES."""
+    if not trees_dir().is_dir():
+        return
+    others = [d for d in trees_dir().iterdir() if d.is_dir() and d != keep]
+    others.sort(key=lambda d: (d / ".used").stat().st_mtime if (d / ".used").exists() else 0, reverse=True)
+    for old in others[KEEP_TREES:]:
+        with open(old / ".lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # in use by another build
+            log.info("build-kernel: removing the least recently used tree %s", old)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _env() -> dict:
@@ -205,21 +343,6 @@ def _make_argv(work: Path, jobs: int | None = None) -> list[str]:
     return argv
 
 
-def _prepare(work: Path, source: Source, patches: list[Path]):
-    log.info("build-kernel: preparing %s in %s", source.identity, work)
-    source.prepare(work)
-    for patch in patches:
-        apply_patch(work, patch, source.identity)
-        log.info("build-kernel: applied %s", patch.name)
-
-
-def apply_patch(work: Path, patch: Path, what: str):
-    result = cmd(["patch", "-p1", "--forward", "--batch", "-d", work, "-i", patch], check=False)
-    if result.returncode != 0:
-        raise BuildError(f"--patch {patch}: does not apply to {what}:\n"
-                         f"{(result.stdout + result.stderr)[-3000:]}")
-
-
 def _configure(work: Path, fragments: list[Path]):
     env, make = _env(), _make_argv(work)
     cmd([*make, "defconfig"], env=env, timeout=600)
@@ -236,8 +359,8 @@ def _configure(work: Path, fragments: list[Path]):
 
 def _make(work: Path, jobs: int, log_path: Path, t0: float):
     make = _make_argv(work, jobs)
-    log.info("build-kernel: config ready (%.0fs); compiling with -j%d%s; log: %s", time.monotonic() - t0,
-             jobs, " and ccache" if "CC=ccache gcc" in make else "", log_path)
+    log.info("build-kernel: compiling with -j%d%s; log: %s", jobs, " and ccache" if "CC=ccache gcc" in make else "",
+             log_path)
     with open(log_path, "w") as out:
         proc = subprocess.Popen([*make, "bzImage"], env=_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
@@ -275,123 +398,15 @@ def _collect(work: Path, out: Path, log_path: Path):
     log_path.unlink()
 
 
-class VariantTree:
-    """One prepared tree (source + base patches + the reference patch +
-    config, built once) on which variants of the reference patch (mutants,
-    a patch without its fix) are built in turn, incrementally: a variant
-    rewrites only the files whose text differs, so make recompiles those
-    and relinks.  Outputs land in the build cache under the same key a
-    plain build of (source, base patches + variant) would have.
-
-        with VariantTree(source, base, reference, fragments) as tree:
-            tree.reference            # output dir of the unmutated build
-            out = tree.build(text)    # a variant: the reference patch's text, changed
-    """
-
-    def __init__(self, source: Source, base_patches=(), reference: Path | None = None, fragments=(),
-                 jobs: int | None = None, out_dir: Path | None = None):
-        self.source = source
-        self.base, self.fragments = _check_inputs(base_patches, fragments)
-        self.reference_patch = Path(reference).resolve() if reference else None
-        self.jobs = jobs or os.cpu_count() or 1
-        self.out_dir = out_dir or builds_dir()
-        self.work = cache_dir() / "work" / f"{source.name}-variants-{os.getpid()}"
-        self.pristine = self.work.parent / f"{self.work.name}.pristine"
-        self.reference: Path | None = None
-        self._lock = _cache_lock()
-
-    def __enter__(self):
-        self._lock.__enter__()
-        try:
-            self._setup()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self):
-        shutil.rmtree(self.work, ignore_errors=True)
-        shutil.rmtree(self.pristine, ignore_errors=True)
-        self._lock.__exit__()
-
-    def _setup(self):
-        t0 = time.monotonic()
-        shutil.rmtree(self.work, ignore_errors=True)
-        _prepare(self.work, self.source, self.base)
-        # the files a variant may touch, as the base patches leave them
-        self.touched = touched_files(self.reference_patch.read_text()) if self.reference_patch else []
-        for rel in self.touched:
-            dst = self.pristine / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if (self.work / rel).exists():
-                shutil.copy2(self.work / rel, dst)
-        if self.reference_patch:
-            apply_patch(self.work, self.reference_patch, self.source.identity)
-        _configure(self.work, self.fragments)
-        out = self._out(self.reference_patch.read_text() if self.reference_patch else "")
-        log_path = out.parent / f"{out.name}.log"
-        _make(self.work, self.jobs, log_path, t0)
-        if not (out / "bzImage").is_file():
-            _collect(self.work, out, log_path)
-        else:
-            log_path.unlink(missing_ok=True)
-        self.reference = out
-
-    def _out(self, patch_text: str) -> Path:
-        digest = hashlib.sha256(json.dumps({
-            "builder": BUILDER_VERSION, "source": self.source.identity,
-            "patches": [hashlib.sha256(p.read_bytes()).hexdigest() for p in self.base]
-            + ([hashlib.sha256(patch_text.encode()).hexdigest()] if patch_text else []),
-            "fragments": [hashlib.sha256(f.read_bytes()).hexdigest() for f in self.fragments],
-        }).encode()).hexdigest()[:16]
-        return self.out_dir / f"{self.source.name}-{digest}"
-
-    def build(self, patch_text: str) -> Path:
-        """The output directory of source + base patches + ``patch_text``
-        (a variant of the reference patch: it may touch only its files)."""
-        out = self._out(patch_text)
-        if (out / "bzImage").is_file():
-            return out
-        t0 = time.monotonic()
-        extra = set(touched_files(patch_text)) - set(self.touched)
-        if extra:
-            raise BuildError(f"a variant touches files the reference patch does not: {sorted(extra)}")
-        wanted = self._apply_to_pristine(patch_text)
-        changed = 0
-        for rel in self.touched:
-            current = (self.work / rel).read_bytes() if (self.work / rel).exists() else None
-            if wanted.get(rel) != current:
-                (self.work / rel).write_bytes(wanted[rel])
-                changed += 1
-        log.info("build-kernel: variant %s: %d file(s) changed", out.name, changed)
-        log_path = out.parent / f"{out.name}.log"
-        _make(self.work, self.jobs, log_path, t0)
-        _collect(self.work, out, log_path)
-        return out
-
-    def _apply_to_pristine(self, patch_text: str) -> dict[str, bytes]:
-        scratch = Path(tempfile.mkdtemp(dir=self.work.parent, prefix=".variant-"))
-        try:
-            for rel in self.touched:
-                if (self.pristine / rel).exists():
-                    (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(self.pristine / rel, scratch / rel)
-            patch_file = scratch / ".variant.patch"
-            patch_file.write_text(patch_text)
-            apply_patch(scratch, patch_file, "the reference tree")
-            return {rel: (scratch / rel).read_bytes() for rel in self.touched if (scratch / rel).exists()}
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
 def touched_files(patch_text: str) -> list[str]:
-    """Paths (relative to the tree) a unified diff changes."""
-    out = []
+    """Paths (relative to the tree, -p1) a unified diff creates, changes or removes."""
+    out, old = [], None
     for line in patch_text.splitlines():
-        if line.startswith("+++ ") and not line.startswith("+++ /dev/null"):
-            path = line[4:].split("\t")[0].strip()
+        if line.startswith("--- "):
+            old = line[4:].split("\t")[0].strip()
+        elif line.startswith("+++ ") and old is not None:
+            new = line[4:].split("\t")[0].strip()
+            path = old if new == "/dev/null" else new
             out.append(path.split("/", 1)[1] if "/" in path else path)
+            old = None
     return list(dict.fromkeys(out))
