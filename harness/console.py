@@ -33,6 +33,15 @@ class CommandTimeout(GuestError):
     pass
 
 
+class SplatDuringCommand(GuestError):
+    """The kernel printed a splat while a command ran, and the command then
+    stalled: it is killed instead of waiting for its whole timeout."""
+
+    def __init__(self, message: str, splat: Splat):
+        self.splat = splat
+        super().__init__(message)
+
+
 class CommandFailed(GuestError):
     def __init__(self, where, command, result):
         self.result = result
@@ -70,6 +79,7 @@ class ConsoleLog:
         self._on_panic = on_panic
         self._panic: Splat | None = None
         self._panic_reported = False
+        self.splat_seen: dict[int, float] = {}  # id(splat) -> when its first line arrived
         self._cond = threading.Condition()
         self._log = open(log_path, "ab", buffering=0)
         self._thread = threading.Thread(target=self._read, name=f"console:{log_path.name}",
@@ -104,6 +114,8 @@ class ConsoleLog:
             for line in new_lines:
                 self.lines.append(line)
                 splat = self.scanner.feed(line)
+                if splat is not None:
+                    self.splat_seen[id(splat)] = time.monotonic()
                 if splat is not None and splat.kind == "panic" and self._panic is None:
                     self._panic = splat
                     # Report at its end marker; a panic that never ends, soon anyway.
@@ -135,6 +147,17 @@ class ConsoleLog:
                 if left <= 0 or self.closed:
                     raise GuestError(f"console: no line with {needle!r} within {timeout}s")
                 self._cond.wait(left)
+
+    def splat_since(self, start: int, older_than: float, ignore=()) -> Splat | None:
+        """The first splat at or after line ``start`` that appeared at least
+        ``older_than`` seconds ago, of a kind not in ``ignore``."""
+        now = time.monotonic()
+        with self._cond:
+            for s in self.scanner.splats:
+                if s.line_no >= start and s.kind not in ignore and \
+                        now - self.splat_seen.get(id(s), now) >= older_than:
+                    return s
+        return None
 
     def splats_between(self, start: int, end: int | None = None) -> list[Splat]:
         with self._cond:
@@ -183,10 +206,11 @@ class Result:
 class Job:
     """One command running in the guest."""
 
-    def __init__(self, channel: "AgentChannel", job_id: int, command: str):
+    def __init__(self, channel: "AgentChannel", job_id: int, command: str, console_line: int = 0):
         self.channel = channel
         self.id = job_id
         self.command = command
+        self.console_line = console_line  # where the console was when it started
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.rc: int | None = None
@@ -194,15 +218,26 @@ class Job:
         self.done = threading.Event()
 
     def wait(self, timeout: float | None = 60.0) -> Result:
-        """Result of the job; raises on timeout (after killing it) or crash."""
-        if not self.done.wait(timeout):
-            self.kill()
-            self.done.wait(2.0)
-            raise CommandTimeout(
-                f"{self.channel.name}: command timed out after {timeout}s: {self.command}\n"
-                f"--- stdout (tail) ---\n{_tail(self.stdout.decode(errors='replace'))}\n"
-                f"--- stderr (tail) ---\n{_tail(self.stderr.decode(errors='replace'))}\n"
-                f"--- console (tail) ---\n{self.channel.console_tail()}")
+        """Result of the job; raises on timeout (after killing it), on a crash,
+        or when a splat printed since it started is followed by a stall."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done.wait(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))):
+            splat = self.channel.stalling_splat(self.console_line)
+            if splat is not None:
+                self.kill()
+                self.done.wait(2.0)
+                raise SplatDuringCommand(
+                    f"{self.channel.name}: kernel {splat.kind} while running: {self.command}\n"
+                    f"(the command was still running {self.channel.splat_grace_s:.0f}s later: killed)\n"
+                    f"--- splat ---\n{splat.text}", splat)
+            if deadline is not None and time.monotonic() >= deadline:
+                self.kill()
+                self.done.wait(2.0)
+                raise CommandTimeout(
+                    f"{self.channel.name}: command timed out after {timeout}s: {self.command}\n"
+                    f"--- stdout (tail) ---\n{_tail(self.stdout.decode(errors='replace'))}\n"
+                    f"--- stderr (tail) ---\n{_tail(self.stderr.decode(errors='replace'))}\n"
+                    f"--- console (tail) ---\n{self.channel.console_tail()}")
         if self.error is not None:
             raise GuestCrashed(f"{self.channel.name}: {self.error} while running: {self.command}\n"
                                f"--- console (tail) ---\n{self.channel.console_tail()}")
@@ -219,9 +254,11 @@ class Job:
 class AgentChannel:
     """Frames over the agent's unix socket; a reader thread demultiplexes jobs."""
 
-    def __init__(self, sock: socket.socket, name: str, console_tail=lambda: ""):
+    def __init__(self, sock: socket.socket, name: str, console: "ConsoleLog | None" = None):
         self.name = name
-        self.console_tail = console_tail
+        self.console = console
+        self.splat_grace_s = 5.0     # a command may go on this long after a splat
+        self.allowed_splats: set[str] = set()  # kinds the running test provokes on purpose
         self.release: str | None = None
         self._sock = sock
         self._send_lock = threading.Lock()
@@ -232,6 +269,14 @@ class AgentChannel:
         self._dead: str | None = None
         self._thread = threading.Thread(target=self._read, name=f"agent:{name}", daemon=True)
         self._thread.start()
+
+    def console_tail(self, n: int = 40) -> str:
+        return self.console.tail(n) if self.console is not None else ""
+
+    def stalling_splat(self, start_line: int) -> Splat | None:
+        if self.console is None:
+            return None
+        return self.console.splat_since(start_line, self.splat_grace_s, ignore=self.allowed_splats | {"panic"})
 
     def wait_ready(self, timeout: float) -> str:
         if not self._hello.wait(timeout) or self._dead:
@@ -253,7 +298,7 @@ class AgentChannel:
         with self._jobs_lock:
             job_id = self._next_id
             self._next_id += 1
-            job = Job(self, job_id, command)
+            job = Job(self, job_id, command, len(self.console) if self.console is not None else 0)
             if self._dead:
                 job.error = self._dead
                 job.done.set()
@@ -268,7 +313,7 @@ class AgentChannel:
         with self._jobs_lock:
             job_id = self._next_id
             self._next_id += 1
-            job = self._jobs[job_id] = Job(self, job_id, "(ping)")
+            job = self._jobs[job_id] = Job(self, job_id, "(ping)", len(self.console) if self.console else 0)
         t0 = time.monotonic()
         self.send(job_id, b"P", b"")
         job.wait(timeout)

@@ -156,7 +156,7 @@ class Guest:
             self.console = ConsoleLog(connect_unix(console_sock),
                                       log_dir / f"{self.name}.console.log",
                                       on_panic=self._on_panic)
-            self.agent = AgentChannel(connect_unix(agent_sock), self.name, self.console.tail)
+            self.agent = AgentChannel(connect_unix(agent_sock), self.name, self.console)
             self._dom.resume()
             self.release = self.agent.wait_ready(self.boot_timeout)
         except BaseException:

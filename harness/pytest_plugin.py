@@ -204,14 +204,27 @@ class HarnessSession:
         return found
 
     @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(self, item):
+        """A command that stalls after a splat fails at once, unless the
+        test provokes that kind of splat on purpose."""
+        allowed = _allowed_splats(item)
+        for guest in self.guests:
+            if guest.agent is not None:
+                guest.agent.allowed_splats = allowed
+        try:
+            yield
+        finally:
+            for guest in self.guests:
+                if guest.agent is not None:
+                    guest.agent.allowed_splats = set()
+
+    @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item, call):
         outcome = yield
         if call.when != "call" or not self.guests:
             return
         report = outcome.get_result()
-        allowed = set()
-        for marker in item.iter_markers("allow_splat"):
-            allowed.update(marker.args)
+        allowed = _allowed_splats(item)
         splats = [(g, s) for g, s in self.collect_splats(item) if s.kind not in allowed]
         if splats:
             text = "\n\n".join(f"kernel splat in guest {g.name} ({s.kind}):\n{s.text}"
@@ -229,6 +242,13 @@ class HarnessSession:
         kernel = self._kernel
         where = kernel or "default (Debian 6.12, fetched by tools/setup)"
         return [f"harness: kernel {where}; accel {config.getoption('accel')}"]
+
+
+def _allowed_splats(item) -> set[str]:
+    allowed = set()
+    for marker in item.iter_markers("allow_splat"):
+        allowed.update(marker.args)
+    return allowed
 
 
 # -- fixtures ------------------------------------------------------------------

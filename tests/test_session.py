@@ -20,6 +20,10 @@ INNER = textwrap.dedent('''
     def test_after_warning(guest):
         guest.check("true")
 
+    def test_warning_then_stall(guest):
+        guest.run("echo '<4>WARNING: CPU: 0 PID: 1 at net/core/dev.c:5678 harness_stall+0x0/0x10' > /dev/kmsg; "
+                  "sleep 100", timeout=120)
+
     def test_panic(guest):
         guest.run("echo c > /proc/sysrq-trigger", timeout=120)
 
@@ -53,11 +57,16 @@ def test_splat_fails_the_test_that_caused_it_and_panic_fails_fast(harness, pytes
                                  f"--junitxml={junit}"),
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     cases = _junit(junit)
-    assert set(cases) == {"test_warning", "test_after_warning", "test_panic", "test_after_panic"}, run.stdout
+    assert set(cases) == {"test_warning", "test_after_warning", "test_warning_then_stall", "test_panic",
+                          "test_after_panic"}, run.stdout
     # The WARNING fails the test that printed it, with the splat text; not the next one.
     assert cases["test_warning"][1] is not None
     assert "net/core/dev.c:1234" in cases["test_warning"][1]
     assert cases["test_after_warning"][1] is None, cases["test_after_warning"][1]
+    # A command that stalls after a splat ends within seconds, not at its 120 s timeout.
+    assert cases["test_warning_then_stall"][1] is not None
+    assert "net/core/dev.c:5678" in cases["test_warning_then_stall"][1]
+    assert cases["test_warning_then_stall"][0] < 20
     # The panic fails its command within seconds, not at the 120 s timeout...
     assert cases["test_panic"][1] is not None and "Kernel panic" in cases["test_panic"][1]
     assert cases["test_panic"][0] < 15
