@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import shutil
 import statistics
 import time
@@ -168,7 +169,8 @@ def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_p
                 kernel = tree.build([*base, text])
             except BuildError as e:
                 result.status, result.build_s = "build_failed", time.monotonic() - t0
-                result.detail = str(e).splitlines()[1][:200] if len(str(e).splitlines()) > 1 else str(e)[:200]
+                result.detail = _first_error(str(e))
+                _keep_build_log(str(e), out_dir / slug)
                 results.append(result)
                 log.info("mutants: [%d/%d] %s: does not build", n, len(found), mutant.id)
                 continue
@@ -181,6 +183,21 @@ def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_p
             if not keep:
                 shutil.rmtree(kernel, ignore_errors=True)
     return MutantReport(patch.name, expr, source.identity, reference.seconds, results, time.monotonic() - t_start)
+
+
+def _first_error(text: str) -> str:
+    for line in text.splitlines():
+        if "error:" in line:
+            return line.strip()[:200]
+    return text.splitlines()[-1][:200] if text else ""
+
+
+def _keep_build_log(error: str, into: Path):
+    """The failed build's log moves from the build cache to the mutant's logs."""
+    m = re.search(r"full log: (\S+)", error)
+    if m and Path(m.group(1)).is_file():
+        into.mkdir(parents=True, exist_ok=True)
+        shutil.move(m.group(1), into / "build.log")
 
 
 def _record(result: MutantResult, outcome: Outcome, equivalent_reason: str | None):

@@ -4,7 +4,9 @@ NIC, and through pfifo_fast on a single-queue device.  Afterwards no packet
 is stuck in any qdisc, and the qdisc's counters agree with pktgen's exactly:
 what pktgen got in (sent) left the qdisc, what it could not (errors) the
 qdisc dropped."""
+import pytest
 
+from harness.console import CommandTimeout
 from harness.observe import snapshot
 from harness.pktgen import Pktgen
 
@@ -52,3 +54,39 @@ def test_lockless_qdisc_pfifo_fast_single_queue(guest):
         run_and_account(guest, "lq0", ncpu, [None])
     finally:
         guest.run("ip link del lq0")
+
+
+BURSTS = 200
+BURST = 50  # packets per thread
+
+
+def test_lockless_qdisc_no_packet_left_behind_by_contended_bursts(guest):
+    """Seed 000's lockless pfifo_fast and the "packet stuck" class of bug
+    Linux fixed in 5.13 (__QDISC_STATE_MISSED): a CPU that enqueues while
+    another holds the qdisc's seqlock and is finishing its run must leave
+    it a note, or its packet stays queued with nobody to send it.  Many
+    short bursts, one pktgen thread per vCPU ending together on one
+    pfifo_fast: after every burst the qdisc is empty.  (A stuck packet
+    also holds pktgen, which waits for its last packet to be freed.)"""
+    ncpu = int(guest.check("nproc").stdout)
+    guest.check("ip link add lq0 type veth peer name lq1 && ip link set lq0 up && ip link set lq1 up && "
+                "tc qdisc replace dev lq0 root handle 1: pfifo_fast")
+    pktgen = Pktgen(guest)
+    mac = guest.check("cat /sys/class/net/lq1/address").stdout.strip()
+    setup = pktgen.script("lq0", count=BURST, threads=ncpu, xmit_mode="queue_xmit", dst_mac=mac)
+    guest.check(setup.rsplit("\n", 1)[0])  # everything but the start
+    try:
+        for burst in range(1, BURSTS + 1):
+            start = guest.spawn("echo start > /proc/net/pktgen/pgctrl")
+            try:
+                start.wait(10)
+            except CommandTimeout:
+                q = snapshot(guest).qdisc("lq0")
+                guest.run(f"/run/harness/agent --send lq0 {mac} 1")  # a later packet sends the stuck one
+                pytest.fail(f"burst {burst} of {BURSTS}: pktgen never finished; pfifo_fast holds {q.qlen} "
+                            f"packet(s) ({q.backlog} bytes) with nobody to send them")
+            if burst % 25 == 0 or burst == BURSTS:
+                q = snapshot(guest).qdisc("lq0")
+                assert (q.qlen, q.backlog) == (0, 0), f"after burst {burst}: {q}"
+    finally:
+        guest.run("echo stop > /proc/net/pktgen/pgctrl; ip link del lq0")
