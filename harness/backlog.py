@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import contextlib
 
+from .needs import Feature, Version
 from .observe import KThread, snapshot
 
 SYSCTL = "/proc/sys/net/core/backlog_threaded"
 SEED_002_PATCH = "images/patches/0001-net-core-add-optional-threading-for-backlog-processing.patch"
 SEED_002_HINT = f"build a kernel carrying seed 002: tools/build-kernel --debian-source 6.1 --patch {SEED_002_PATCH}"
 THREAD_NAMES = ("napi/backlog-*", "backlog_napi/*")
+# seed 002's sysctl, asked of a booted guest (no config option names it)
+SEED_002 = Feature("net.core.backlog_threaded (seed 002)", f"test -e {SYSCTL}", SEED_002_HINT)
+# upstream's backlog threads (thread_backlog_napi on the command line)
+BACKLOG_NAPI = Version((6, 10), "thread_backlog_napi")
 
 
 def has_backlog_sysctl(where) -> bool:

@@ -119,6 +119,7 @@ class Guest:
         self._dom = None
         self._dir: Path | None = None
         self._owner = os.getpid()
+        self._asked: dict[str, bool] = {}
 
     # -- lifecycle ------------------------------------------------------------
     @property
@@ -224,6 +225,13 @@ class Guest:
         if result.rc != 0:
             raise CommandFailed(self.name, command, result)
         return result
+
+    def ask(self, probe: str) -> bool:
+        """Whether a shell test holds in this guest, asked once per guest
+        (what a kernel without a config has, run-time features)."""
+        if probe not in self._asked:
+            self._asked[probe] = self.run(probe, timeout=30).rc == 0
+        return self._asked[probe]
 
     # -- libvirt controls -----------------------------------------------------
     def pause(self):

@@ -38,21 +38,33 @@ class Kernel:
     # -- construction -------------------------------------------------------
     @classmethod
     def from_path(cls, image, modules=None, kconfig=None) -> "Kernel":
-        """A user's kernel: ``image`` is a bzImage or a build-kernel output dir.
+        """A user's kernel: a bzImage, a build-kernel output directory, a
+        kernel tree's root or its O= build directory (built in place,
+        without modules_install: its .ko files are used where they lie).
 
         ``.config`` and ``modules`` are looked up beside the image (and at the
         top of a kernel tree, for ``arch/x86/boot/bzImage``) unless given.
         """
-        path = Path(image).expanduser()
+        given = Path(image).expanduser()
+        path = given
         if path.is_dir():
-            path = path / "bzImage"
+            for cand in ("bzImage", "arch/x86/boot/bzImage"):
+                if (path / cand).is_file():
+                    path = path / cand
+                    break
+            else:
+                raise KernelError(f"--kernel {image}: a directory with no bzImage and no arch/x86/boot/bzImage "
+                                  "(expected a bzImage, a build-kernel output, or a kernel tree built with "
+                                  "`make bzImage`)")
         if not path.is_file():
-            raise KernelError(f"--kernel {image}: no such file (expected a bzImage "
-                              "or a directory holding one)")
+            raise KernelError(f"--kernel {image}: no such file (expected a bzImage, a build-kernel output, "
+                              "or a kernel tree)")
         release = image_release(path)
         near = [path.parent]
+        tree = None
         if path.parent.name == "boot" and path.parent.parent.parent.name == "arch":
-            near.append(path.parent.parent.parent.parent)  # tree root
+            tree = path.parent.parent.parent.parent  # tree root (or O= directory)
+            near.append(tree)
         elif path.parent.name == "boot":
             near.append(path.parent.parent)  # /boot/vmlinuz-X beside /lib/modules/X
         if kconfig is None:
@@ -71,6 +83,8 @@ class Kernel:
                         break
                 if modules:
                     break
+            if modules is None and tree is not None and (tree / "modules.order").is_file():
+                modules = tree_modules(tree, release)
         else:
             modules = Path(modules)
             if (modules / "lib/modules" / release).is_dir():
@@ -103,9 +117,15 @@ class Kernel:
     # -- description --------------------------------------------------------
     @functools.cached_property
     def config(self) -> dict[str, str]:
-        if self.config_path is None or not self.config_path.is_file():
-            return {}
-        return parse_kconfig(self.config_path.read_text(errors="replace"))
+        """The kernel's options: its .config, else the config it carries
+        (CONFIG_IKCONFIG), else {} (unknown: asked of a booted guest)."""
+        if self.config_path is not None and self.config_path.is_file():
+            return parse_kconfig(self.config_path.read_text(errors="replace"))
+        return parse_kconfig(embedded_config(self))
+
+    @property
+    def config_known(self) -> bool:
+        return bool(self.config)
 
     def has(self, option: str) -> bool:
         """True when CONFIG option is built in or a module."""
@@ -113,6 +133,40 @@ class Kernel:
 
     def builtin(self, option: str) -> bool:
         return self.config.get(_opt(option)) == "y"
+
+    def provides(self, option: str, module: str | None = None) -> bool | None:
+        """Whether a guest of this kernel can use ``option``: built in, or a
+        module (named ``module``) among this kernel's modules.  None when
+        the kernel's config is unknown."""
+        if not self.config_known:
+            return None
+        value = self.config.get(_opt(option))
+        if value == "y":
+            return True
+        if value == "m":
+            return self.modules_dir is not None and (module is None or module.replace("-", "_") in self.module_names)
+        return False
+
+    def lacks(self, option: str, module: str | None = None) -> str:
+        """Why provides() said no, in words."""
+        value = self.config.get(_opt(option))
+        if value == "m":
+            where = (f"{module}.ko is not among its modules ({self.modules_dir})" if self.modules_dir else
+                     "no modules were found beside it (give --modules, or build the tree's modules)")
+            return f"built as a module, but {where}"
+        source = self.config_path or "the config it carries"
+        return f"not set in {source}"
+
+    @functools.cached_property
+    def module_names(self) -> frozenset:
+        """Modules this kernel can load, and those built in."""
+        names = set()
+        if self.modules_dir is not None:
+            for listing in ("modules.dep", "modules.builtin"):
+                f = self.modules_dir / listing
+                if f.is_file():
+                    names.update(_module_name(line.split(":", 1)[0]) for line in f.read_text().splitlines() if line)
+        return frozenset(names)
 
     @property
     def version(self) -> tuple[int, int]:
@@ -157,6 +211,83 @@ class Kernel:
 
 def _opt(option: str) -> str:
     return option if option.startswith("CONFIG_") else "CONFIG_" + option
+
+
+def _module_name(path: str) -> str:
+    base = os.path.basename(path.strip())
+    for suffix in (".xz", ".zst", ".gz"):
+        base = base.removesuffix(suffix)
+    return base.removesuffix(".ko").replace("-", "_")
+
+
+def embedded_config(kernel: "Kernel") -> str:
+    """The .config a kernel built with CONFIG_IKCONFIG carries (what
+    scripts/extract-ikconfig finds), cached per image; "" when it has none."""
+    cached = cache_dir() / "ikconfig" / f"{_file_digest(kernel.image).split(':')[0][:16]}.config"
+    if cached.exists():
+        return cached.read_text()
+    text = ""
+    data = extract_vmlinux(kernel.image) or kernel.image.read_bytes()
+    start = data.find(b"IKCFG_ST\x1f\x8b")
+    if start >= 0:
+        import gzip
+        import zlib
+        try:
+            text = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[start + 8:]).decode(errors="replace")
+        except (zlib.error, gzip.BadGzipFile):
+            text = ""
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(text)
+    return text
+
+
+def tree_modules(tree: Path, release: str) -> Path | None:
+    """A lib/modules/<release> directory for a kernel tree (or O= directory)
+    built in place with `make modules` but never installed: symlinks to
+    the tree's .ko files as modules.order lists them, and depmod's files.
+    Cached by the modules' names, sizes and times; the tree is not written."""
+    order = [l.strip() for l in (tree / "modules.order").read_text().splitlines() if l.strip()]
+    kos = []
+    for entry in order:
+        ko = tree / (entry[:-2] + ".ko" if entry.endswith(".o") else entry)
+        if ko.is_file():
+            kos.append(ko)
+    if not kos:
+        return None
+    digest = hashlib.sha256(release.encode())
+    for ko in kos:
+        st = ko.stat()
+        digest.update(f"{ko} {st.st_size} {st.st_mtime_ns}\n".encode())
+    for extra in ("modules.builtin", "modules.builtin.modinfo"):
+        if (tree / extra).is_file():
+            digest.update((tree / extra).read_bytes())
+    base = cache_dir() / "tree-modules" / f"{release}-{digest.hexdigest()[:16]}"
+    moddir = base / "lib/modules" / release
+    if (moddir / "modules.dep").is_file():
+        return moddir
+    tmp = base.with_name(base.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp_moddir = tmp / "lib/modules" / release
+    for ko in kos:
+        link = tmp_moddir / "kernel" / ko.relative_to(tree)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(ko.resolve())
+    tmp_moddir.mkdir(parents=True, exist_ok=True)
+    for extra in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        if (tree / extra).is_file():
+            text = (tree / extra).read_text(errors="replace")
+            if extra == "modules.order":  # depmod wants kernel/<path>.ko
+                text = "".join(f"kernel/{l[:-2] + '.ko' if l.endswith('.o') else l}\n"
+                               for l in text.split() if l)
+            elif extra == "modules.builtin":
+                text = "".join(f"kernel/{l}\n" if not l.startswith("kernel/") else l + "\n"
+                               for l in text.split() if l)
+            (tmp_moddir / extra).write_text(text)
+    cmd(["depmod", "-b", str(tmp), release], timeout=300)
+    if base.exists():
+        shutil.rmtree(base)
+    os.replace(tmp, base)
+    return moddir
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import model
+from .needs import MissingKernelFeature, unmet
 from .console import CommandFailed, Result
 from .guest import Guest
 from .hostnet import HostNamespace, HostNet
@@ -35,6 +36,8 @@ class LabError(HarnessError):
 
 class Container:
     """A network namespace inside a guest."""
+
+    NEEDS = ("CONFIG_NET_NS", "CONFIG_VETH")
 
     def __init__(self, guest: Guest, name: str):
         self.guest = guest
@@ -166,7 +169,10 @@ class Lab:
 
     def _check_environment(self):
         for spec in self.topology.guests:
-            self._kernel_for(spec)  # a bad kernel path fails before anything is created
+            kernel = self._kernel_for(spec)  # a bad kernel path fails before anything is created
+            reasons = unmet(kernel, spec.NEEDS)
+            if reasons:
+                raise MissingKernelFeature(f"lab {self.topology.name}: guest {spec.name}: {'; '.join(reasons)}")
         for gi, spec in enumerate(self.topology.guests):
             for ni, nic in enumerate(spec.nics):
                 if nic.vhost == "on" and not os.path.exists(VHOST_NET):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from .needs import QDISC_OPTIONS
 from .util import HarnessError
 
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")   # what the kernel accepts, minus '/' ':' space
@@ -82,6 +83,20 @@ class Guest:
     nics: tuple[Nic, ...] = ()
     containers: tuple[Namespace, ...] = ()
 
+    @property
+    def NEEDS(self) -> tuple[str, ...]:
+        """What this guest's kernel must have for the lab to build it."""
+        needs = []
+        if self.containers:
+            needs += ["CONFIG_NET_NS", "CONFIG_VETH"]
+        if any(n.rps for n in self.nics):
+            needs.append("CONFIG_RPS")
+        kinds = {l.qdisc for c in self.containers for l in c.links if l.qdisc}
+        if kinds:
+            needs.append("CONFIG_NET_SCHED")
+        needs += sorted(QDISC_OPTIONS[k] for k in kinds if k in QDISC_OPTIONS)
+        return tuple(needs)
+
 
 @dataclasses.dataclass(frozen=True)
 class Bridge:
@@ -98,6 +113,11 @@ class Topology:
 
     def guest(self, name: str) -> Guest:
         return next(g for g in self.guests if g.name == name)
+
+    @property
+    def NEEDS(self) -> tuple[str, ...]:
+        """What the guests' kernels must have (every guest's needs)."""
+        return tuple(dict.fromkeys(n for g in self.guests for n in g.NEEDS))
 
 
 # -- loading and validation --------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from .needs import MissingKernelFeature, unmet
 from .observe import split_dump
 from .util import HarnessError
 
@@ -74,8 +75,14 @@ def parse_result(device: str, text: str) -> ThreadResult:
 class Pktgen:
     """pktgen in one guest or container (anything with run() and dump())."""
 
+    NEEDS = ("CONFIG_NET_PKTGEN",)
+
     def __init__(self, where):
         self.where = where
+        kernel = getattr(where, "kernel", None) or getattr(getattr(where, "guest", None), "kernel", None)
+        reasons = unmet(kernel, self.NEEDS) if kernel is not None else []
+        if reasons:
+            raise MissingKernelFeature("; ".join(reasons))
 
     def script(self, dev: str, *, count: int, threads: int, pkt_size: int = 60, burst: int = 1,
                clone_skb: int = 0, dst: str = "198.18.0.2", dst_mac: str | None = None,

@@ -23,6 +23,7 @@ from .hostnet import reap_stale_labs
 from .images import build_initramfs
 from .kernel import Kernel
 from .lab import Lab
+from .needs import MissingKernelFeature, Version, unmet
 from .util import HarnessError
 
 GUEST_DEFAULTS = {"vcpus": 2, "memory_mb": 512, "cmdline": ""}
@@ -48,6 +49,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "guest(vcpus=2, memory_mb=512, cmdline=''): "
                                        "the guest this test (or module) runs on")
     config.addinivalue_line("markers", "allow_splat(*kinds): splats of these kinds do not fail the test")
+    config.addinivalue_line("markers", "needs(*options_or_drivers, version=(major, minor)): what the test needs "
+                                       "of its guest kernel; a kernel without it skips the test before any "
+                                       "guest boots, naming what is missing")
     kernel = None
     if config.getoption("kernel"):
         try:
@@ -203,10 +207,23 @@ class HarnessSession:
                 (out / f"{guest.name}.console.log").write_text(guest.console.text(start, end) + "\n")
         return found
 
+    # -- kernel needs: skip before any guest boots -----------------------------
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item):
+        reasons = unmet(self.kernel, item_needs(item))
+        if reasons:
+            pytest.skip("; ".join(reasons))
+
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_call(self, item):
-        """A command that stalls after a splat fails at once, unless the
-        test provokes that kind of splat on purpose."""
+        """Needs no config could decide (a kernel without one, run-time
+        features) are asked of the test's guests, once per guest.  Then the
+        test runs; a command that stalls after a splat fails at once,
+        unless the test provokes that kind of splat on purpose."""
+        for guest in self._guests_of(item):
+            reasons = unmet(guest.kernel, item_needs(item), ask=guest.ask)
+            if reasons:
+                pytest.skip("; ".join(reasons))
         allowed = _allowed_splats(item)
         for guest in self.guests:
             if guest.agent is not None:
@@ -218,12 +235,21 @@ class HarnessSession:
                 if guest.agent is not None:
                     guest.agent.allowed_splats = set()
 
+    def _guests_of(self, item) -> list:
+        funcargs = getattr(item, "funcargs", {})
+        return [v for v in funcargs.values() if isinstance(v, Guest)]
+
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item, call):
         outcome = yield
+        report = outcome.get_result()
+        if call.excinfo is not None and call.excinfo.errisinstance(MissingKernelFeature):
+            # a lab or a driver found its kernel lacking: a named skip, not a failure
+            report.outcome = "skipped"
+            report.longrepr = (str(item.path), item.location[1], f"Skipped: {call.excinfo.value}")
+            return
         if call.when != "call" or not self.guests:
             return
-        report = outcome.get_result()
         allowed = _allowed_splats(item)
         splats = [(g, s) for g, s in self.collect_splats(item) if s.kind not in allowed]
         if splats:
@@ -242,6 +268,17 @@ class HarnessSession:
         kernel = self._kernel
         where = kernel or "default (Debian 6.12, fetched by tools/setup)"
         return [f"harness: kernel {where}; accel {config.getoption('accel')}"]
+
+
+def item_needs(item) -> list:
+    """Everything the test's needs markers (its own, its class's, its
+    module's) ask for, versions included."""
+    found = []
+    for marker in item.iter_markers("needs"):
+        found += list(marker.args)
+        if "version" in marker.kwargs:
+            found.append(Version(tuple(marker.kwargs["version"]), marker.kwargs.get("why", "")))
+    return found
 
 
 def _allowed_splats(item) -> set[str]:

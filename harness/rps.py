@@ -22,6 +22,8 @@ from .util import HarnessError
 
 
 class SteeredVeth:
+    NEEDS = ("CONFIG_VETH", "CONFIG_RPS", *Pktgen.NEEDS)
+
     def __init__(self, where, *, name: str = "vrps", target_cpu: int = 1, sender_cpu: int = 0,
                  netns: str | None = None):
         self.where = where
