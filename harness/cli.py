@@ -137,6 +137,28 @@ def cmd_ab(args):
     print(f"harness overhead: {report.overhead_pct:.1f}% of the workload's own time")
 
 
+def cmd_kernel_check(args):
+    import os
+    from .kcheck import ROOT, check, collect
+    from .kernel import Kernel
+    kernel = (Kernel.from_path(args.kernel, args.modules, args.kconfig) if args.kernel else Kernel.default())
+    pytest_args = [str(ROOT / "tests")]
+    if args.k:
+        pytest_args += ["-k", args.k]
+    if args.kernel:
+        pytest_args += ["--kernel", os.path.abspath(args.kernel)]
+        if args.modules:
+            pytest_args += ["--modules", os.path.abspath(args.modules)]
+        if args.kconfig:
+            pytest_args += ["--kconfig", os.path.abspath(args.kconfig)]
+    report = check(kernel, collect(pytest_args))
+    print(report.table(), end="")
+    blocked = report.blocked()
+    if blocked:
+        print(f"{len(blocked)} of {len(report.verdicts)} selected tests cannot run on this kernel", file=sys.stderr)
+    return 1 if blocked else 0
+
+
 def cmd_kernel_show(args):
     from .kernel import Kernel
     kernel = Kernel.from_path(args.kernel) if args.kernel else Kernel.default()
@@ -216,6 +238,12 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     kernel = sub.add_parser("kernel", help="the guest kernel").add_subparsers(dest="what", required=True)
     kernel.add_parser("fetch", help="fetch the default kernel into the cache").set_defaults(fn=cmd_kernel_fetch)
+    kc = kernel.add_parser("check", help="what the suite can run on a kernel, and the config fragment it lacks")
+    kc.add_argument("--kernel", help="a bzImage, build-kernel output or kernel tree (default: Debian's 6.12)")
+    kc.add_argument("--modules")
+    kc.add_argument("--kconfig")
+    kc.add_argument("-k", help="only the tests this pytest -k expression selects")
+    kc.set_defaults(fn=cmd_kernel_check)
     show = kernel.add_parser("show", help="describe a kernel")
     show.add_argument("kernel", nargs="?")
     show.set_defaults(fn=cmd_kernel_show)

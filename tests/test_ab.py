@@ -8,6 +8,7 @@ import pytest
 
 from harness.ab import compare
 from harness.cli import parse_sweep
+from harness.pktgen import Pktgen
 from harness.util import HarnessError
 from harness.workloads import WORKLOADS
 
@@ -45,12 +46,14 @@ def test_sweep_is_checked_against_the_workload():
         parse_sweep("conns=1", WORKLOADS["tcp_stream"])
 
 
+@pytest.mark.needs(Pktgen.NEEDS)
 def test_ab_same_kernel_reports_no_significant_change(ab):
     report = ab("pktgen_queue_xmit", runs=6)
     assert [s.verdict for s in report.stats] == ["no significant change"], report.table()
     report.assert_not_slower(5)
 
 
+@pytest.mark.needs(Pktgen.NEEDS)
 def test_ab_handicapped_patched_side_is_significantly_slower(ab):
     """B's pktgen is rate-limited to 15 kpps per thread (2 threads): B's
     median is 30 kpps, and the report says so."""

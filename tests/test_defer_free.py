@@ -49,6 +49,7 @@ class Server:
         return self.guest.spawn(f"ip netns exec {NS} sh -c {command!r}")
 
 
+@pytest.mark.needs("CONFIG_VETH", "CONFIG_NET_NS", "CONFIG_RPS")
 @pytest.mark.guest(vcpus=2)
 @pytest.mark.parametrize("defer_max", ["default", "0"])
 def test_defer_free_tcp_stream_with_rfs(guest, rfs_pair, defer_max):
@@ -58,6 +59,7 @@ def test_defer_free_tcp_stream_with_rfs(guest, rfs_pair, defer_max):
     assert stream.bits_per_second > 0 and stream.bytes > 0
 
 
+@pytest.mark.needs("CONFIG_VETH", "CONFIG_NET_NS", "CONFIG_RPS")
 @pytest.mark.guest(vcpus=2)
 def test_defer_free_namespace_deleted_under_stream(guest, rfs_pair):
     server = Server(guest).spawn("exec iperf3 -s -1 -B 10.77.9.2")

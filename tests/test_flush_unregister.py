@@ -13,12 +13,13 @@ import time
 
 import pytest
 
-from harness.backlog import (SEED_002_HINT, backlog_thread, backlog_threaded, has_backlog_sysctl, max_backlog,
-                             pin)
+from harness.backlog import (BACKLOG_NAPI, SEED_002, backlog_thread, backlog_threaded, max_backlog, pin,
+                             set_backlog_threaded)
 from harness.observe import cpu_times, snapshot, softnet
 from harness.rps import CpuHog, SteeredVeth
 
 DELETE_WITHIN_S = 10.0  # under TCG
+pytestmark = pytest.mark.needs(SteeredVeth, "CONFIG_NET_NS")
 
 
 def queues_empty(guest):
@@ -49,50 +50,38 @@ def delete_under_traffic(guest, *, in_namespace: bool):
     return took
 
 
-def set_mode(guest, mode):
-    if mode == "backlog_threaded":
-        if guest.run("test -e /proc/sys/net/core/backlog_threaded").rc != 0:
-            pytest.skip(f"kernel {guest.release} has no net.core.backlog_threaded (seed 002)")
-        guest.check("echo 1 > /proc/sys/net/core/backlog_threaded")
-
-
-def reset_mode(guest, mode):
-    if mode == "backlog_threaded":
-        guest.check("echo 0 > /proc/sys/net/core/backlog_threaded")
-
-
 @pytest.mark.parametrize("in_namespace", [False, True], ids=["device", "namespace"])
-@pytest.mark.parametrize("mode", ["softirq", "backlog_threaded"])
+@pytest.mark.parametrize("mode", ["softirq", pytest.param("backlog_threaded", marks=pytest.mark.needs(SEED_002))])
 @pytest.mark.guest(vcpus=2)
 def test_flush_unregister_under_rps_traffic(guest, mode, in_namespace):
-    set_mode(guest, mode)
+    if mode == "backlog_threaded":
+        set_backlog_threaded(guest, 1)
     try:
         took = delete_under_traffic(guest, in_namespace=in_namespace)
     finally:
-        reset_mode(guest, mode)
+        if mode == "backlog_threaded":
+            set_backlog_threaded(guest, 0)
     assert took < DELETE_WITHIN_S, f"deleting took {took:.1f}s"
     assert queues_empty(guest)
 
 
+@pytest.mark.needs(BACKLOG_NAPI)
 @pytest.mark.parametrize("in_namespace", [False, True], ids=["device", "namespace"])
 @pytest.mark.guest(vcpus=2, cmdline="thread_backlog_napi")
-def test_flush_unregister_under_rps_traffic_backlog_threads(guest, kernel, in_namespace):
-    if kernel.version < (6, 10):
-        pytest.skip(f"needs thread_backlog_napi (Linux >= 6.10); this kernel is {kernel.release}")
+def test_flush_unregister_under_rps_traffic_backlog_threads(guest, in_namespace):
     took = delete_under_traffic(guest, in_namespace=in_namespace)
     assert took < DELETE_WITHIN_S, f"deleting took {took:.1f}s"
     assert queues_empty(guest)
 
 
+@pytest.mark.needs(BACKLOG_NAPI)
 @pytest.mark.guest(vcpus=2, cmdline="thread_backlog_napi")
-def test_flush_unregister_waits_for_a_busy_target_cpu(guest, kernel):
+def test_flush_unregister_waits_for_a_busy_target_cpu(guest):
     """The hard case: CPU 1 (the RPS target) is held by a pinned SCHED_FIFO
     hog while the device is deleted.  Its backlog thread and flush work
     barely run (6.12's fair server lends them ~5%), so the deletion may
     wait; once the hog stops it completes promptly and nothing is left
     behind."""
-    if kernel.version < (6, 10):
-        pytest.skip(f"needs thread_backlog_napi (Linux >= 6.10); this kernel is {kernel.release}")
     pair = SteeredVeth(guest, target_cpu=1, sender_cpu=0).create()
     hog_s = 4.0
     try:
@@ -140,6 +129,7 @@ def load_process_queue(guest, pair, hog, n):
     return done, before
 
 
+@pytest.mark.needs(SEED_002)
 @pytest.mark.parametrize("in_namespace", [False, True], ids=["device", "namespace"])
 @pytest.mark.guest(vcpus=3)
 def test_flush_unregister_waits_for_a_held_backlog_thread(guest, in_namespace):
@@ -151,8 +141,6 @@ def test_flush_unregister_waits_for_a_held_backlog_thread(guest, in_namespace):
     meanwhile (it does not spin), and once the thread runs it processes
     every queued packet exactly, none freed under it; then the deletion
     completes and every queue is empty."""
-    if not has_backlog_sysctl(guest):
-        pytest.skip(f"kernel {guest.release} has no net.core.backlog_threaded (seed 002); {SEED_002_HINT}")
     pair = SteeredVeth(guest, target_cpu=1, sender_cpu=0, netns="heldns" if in_namespace else None).create()
     deletion = None
     try:

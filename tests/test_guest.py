@@ -65,9 +65,8 @@ def test_guest_has_the_tools_tests_need(guest):
     guest.check("python3 -c 'import scapy.all'", timeout=120)
 
 
+@pytest.mark.needs("CONFIG_VETH")
 def test_modules_load_on_demand(guest, kernel):
-    if not kernel.has("CONFIG_VETH"):
-        pytest.skip(f"kernel {kernel.release} has no CONFIG_VETH")
     guest.check("ip link add vtest0 type veth peer name vtest1 && ip link del vtest0")
     if kernel.has("CONFIG_NET_PKTGEN"):
         guest.check("modprobe pktgen && test -e /proc/net/pktgen/pgctrl")

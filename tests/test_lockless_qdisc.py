@@ -11,6 +11,7 @@ from harness.observe import snapshot
 from harness.pktgen import Pktgen
 
 COUNT = 10_000  # per thread
+pytestmark = pytest.mark.needs(Pktgen, "CONFIG_NET_SCHED")
 
 
 def run_and_account(where, dev, threads, leaves):
@@ -46,6 +47,7 @@ def test_lockless_qdisc_mq_pfifo_fast_multiqueue_virtio(lab):
     assert len(result.threads) == ncpu
 
 
+@pytest.mark.needs("CONFIG_VETH")
 def test_lockless_qdisc_pfifo_fast_single_queue(guest):
     ncpu = int(guest.check("nproc").stdout)
     guest.check("ip link add lq0 type veth peer name lq1 && ip link set lq0 up && ip link set lq1 up && "
@@ -60,6 +62,7 @@ BURSTS = 200
 BURST = 50  # packets per thread
 
 
+@pytest.mark.needs("CONFIG_VETH")
 def test_lockless_qdisc_no_packet_left_behind_by_contended_bursts(guest):
     """Seed 000's lockless pfifo_fast and the "packet stuck" class of bug
     Linux fixed in 5.13 (__QDISC_STATE_MISSED): a CPU that enqueues while

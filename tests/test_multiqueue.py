@@ -4,11 +4,14 @@ the peer answers after every change, and more than one tx queue carried
 traffic."""
 import time
 
+import pytest
+
 from harness.observe import snapshot
 
 CHANGES = 20
 
 
+@pytest.mark.needs("CONFIG_XPS")
 def test_multiqueue_channel_changes_under_tcp_flows(lab):
     single = lab("single-mq")
     g1, peer = single.guest("g1"), single.host_ns("peer")

@@ -10,6 +10,7 @@ from pyroute2 import IPRoute
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from harness.backlog import BACKLOG_NAPI
 from harness.observe import snapshot
 from harness.rps import CpuHog, SteeredVeth
 from harness.traffic import send_frames
@@ -68,6 +69,7 @@ def test_ring_drops_host_tap_with_guest_paused(lab, tx_queue_len):
     assert wait_rx(g1, before, sent.accepted) == sent.accepted
 
 
+@pytest.mark.needs("CONFIG_TUN")
 def test_ring_drops_guest_tun_exact_and_in_order(guest):
     """The guest kernel's own tun: a reader that does not read gets exactly
     tx_queue_len frames queued, the rest refused and counted; reading back
@@ -78,6 +80,7 @@ def test_ring_drops_guest_tun_exact_and_in_order(guest):
     assert r["read"] == r["accepted"] == list(range(64))
 
 
+@pytest.mark.needs("CONFIG_TUN")
 @pytest.mark.parametrize("resize_to", [32, 128])
 def test_ring_drops_guest_tun_resized_while_full(guest, resize_to):
     """Resizing a full ring: growing keeps every frame; shrinking keeps the
@@ -87,14 +90,13 @@ def test_ring_drops_guest_tun_resized_while_full(guest, resize_to):
     assert r["read"] == list(range(min(64, resize_to)))
 
 
+@pytest.mark.needs(SteeredVeth, BACKLOG_NAPI)
 @pytest.mark.guest(vcpus=2, cmdline="thread_backlog_napi")
-def test_ring_drops_backlog_overflow_counted_exactly(guest, kernel):
+def test_ring_drops_backlog_overflow_counted_exactly(guest):
     """A small netdev_max_backlog, RPS to CPU 1 whose backlog thread is kept
     off the CPU by a SCHED_FIFO hog: the backlog overflows; softnet_stat's
     dropped on CPU 1 equals the device's rx_dropped and pktgen's errors (veth
     returns NET_XMIT_DROP), and every packet pktgen got out is processed."""
-    if kernel.version < (6, 10):
-        pytest.skip(f"needs thread_backlog_napi (Linux >= 6.10); this kernel is {kernel.release}")
     pair = SteeredVeth(guest, target_cpu=1, sender_cpu=0).create()
     old = guest.check("sysctl -n net.core.netdev_max_backlog").stdout.strip()
     guest.check("sysctl -qw net.core.netdev_max_backlog=100")

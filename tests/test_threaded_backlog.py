@@ -14,17 +14,13 @@ import pytest
 
 import time
 
-from harness.backlog import (SEED_002_HINT, SYSCTL, backlog_thread, backlog_threaded, backlog_threads,
-                             has_backlog_sysctl, max_backlog, pin, set_backlog_threaded)
+from harness.backlog import (BACKLOG_NAPI, SEED_002, SEED_002_HINT, SYSCTL, backlog_thread, backlog_threaded,
+                             backlog_threads, has_backlog_sysctl, max_backlog, pin, set_backlog_threaded)
 from harness.observe import parse_cpu_list, snapshot, softnet
 from harness.rps import CpuHog, SteeredVeth
 
 N = 20_000
-
-
-def needs_boot_parameter(kernel):
-    if kernel.version < (6, 10):
-        pytest.skip(f"thread_backlog_napi needs Linux >= 6.10; this kernel is {kernel.release}")
+pytestmark = pytest.mark.needs(SteeredVeth.NEEDS)
 
 
 def needs_sysctl(guest):
@@ -50,24 +46,24 @@ def assert_all_accounted(result, delta):
 
 # -- upstream boot parameter ------------------------------------------------
 
+@pytest.mark.needs(BACKLOG_NAPI)
 @pytest.mark.guest(vcpus=2, cmdline="thread_backlog_napi")
-def test_threaded_backlog_boot_parameter_gives_one_bound_thread_per_cpu(guest, kernel):
-    needs_boot_parameter(kernel)
+def test_threaded_backlog_boot_parameter_gives_one_bound_thread_per_cpu(guest):
     threads = snapshot(guest).threads("backlog_napi/*")
     assert [(t.name, t.cpus) for t in threads] == [("backlog_napi/0", {0}), ("backlog_napi/1", {1})]
 
 
+@pytest.mark.needs(BACKLOG_NAPI)
 @pytest.mark.guest(vcpus=2)
-def test_threaded_backlog_absent_without_boot_parameter(guest, kernel):
-    needs_boot_parameter(kernel)
+def test_threaded_backlog_absent_without_boot_parameter(guest):
     assert snapshot(guest).threads("backlog_napi/*") == []
 
 
+@pytest.mark.needs(BACKLOG_NAPI)
 @pytest.mark.guest(vcpus=2, cmdline="thread_backlog_napi")
-def test_threaded_backlog_rps_is_processed_by_the_target_cpus_thread(guest, kernel, steered):
+def test_threaded_backlog_rps_is_processed_by_the_target_cpus_thread(guest, steered):
     """RPS to CPU 1 in threaded mode: CPU 1 processes every packet and takes
     no RPS IPI (received_rps stays 0)."""
-    needs_boot_parameter(kernel)
     before = snapshot(guest)
     result = steered.send(N)
     d = snapshot(guest) - before
@@ -99,18 +95,18 @@ def possible_cpus(guest):
     return parse_cpu_list(guest.check("cat /sys/devices/system/cpu/possible").stdout)
 
 
+@pytest.mark.needs(SEED_002)
 @pytest.mark.guest(vcpus=2)
 def test_threaded_backlog_sysctl_creates_one_thread_per_cpu(guest):
-    needs_sysctl(guest)
     set_backlog_threaded(guest, 0)
     with backlog_threaded(guest):
         assert seed_threads(guest) == sorted(f"napi/backlog-{n}" for n in possible_cpus(guest))
 
 
+@pytest.mark.needs(SEED_002)
 @pytest.mark.guest(vcpus=2)
 def test_threaded_backlog_sysctl_rps_goes_through_the_threads(guest, steered):
     """With backlog_threaded=1 no RPS IPI is raised and every packet is processed."""
-    needs_sysctl(guest)
     with backlog_threaded(guest):
         before = snapshot(guest)
         result = steered.send(N)
@@ -120,11 +116,11 @@ def test_threaded_backlog_sysctl_rps_goes_through_the_threads(guest, steered):
     assert_all_accounted(result, d)
 
 
+@pytest.mark.needs(SEED_002)
 @pytest.mark.guest(vcpus=2)
 def test_threaded_backlog_sysctl_off_brings_the_ipis_back(guest, steered):
     """1 then 0: the backlogs are softirq-driven again; RPS to CPU 1 raises
     IPIs and CPU 1 processes every packet in its softirq."""
-    needs_sysctl(guest)
     with backlog_threaded(guest):
         steered.send(1_000)
     before = snapshot(guest)
@@ -135,11 +131,11 @@ def test_threaded_backlog_sysctl_off_brings_the_ipis_back(guest, steered):
     assert_all_accounted(result, d)
 
 
+@pytest.mark.needs(SEED_002)
 @pytest.mark.guest(vcpus=2)
 def test_threaded_backlog_sysctl_toggled_under_traffic(guest, steered):
     """1 -> 0 -> 1 fifty times while RPS traffic flows: no splat (the plugin
     fails the test on one), no stall, no unaccounted packet, no thread leak."""
-    needs_sysctl(guest)
     before = snapshot(guest)
     run = steered.start(200_000, rate_pps=50_000)
     toggles = guest.run(f"for i in $(seq 50); do echo 1 > {SYSCTL}; echo 0 > {SYSCTL}; done; "
@@ -153,6 +149,7 @@ def test_threaded_backlog_sysctl_toggled_under_traffic(guest, steered):
     assert seed_threads(guest) == sorted(f"napi/backlog-{n}" for n in possible_cpus(guest))
 
 
+@pytest.mark.needs(SEED_002)
 def test_threaded_backlog_sysctl_first_thing_after_boot(make_guest):
     """v1 of the patch broke switching backlogs that were never scheduled
     (poll_list uninitialised): switch before any packet, then steer
@@ -178,6 +175,7 @@ def refused_enable(guest):
                      f"echo 1 > {SYSCTL}; rc=$?; echo $old > /proc/sys/kernel/threads-max; exit $rc")
 
 
+@pytest.mark.needs(SEED_002)
 def test_threaded_backlog_sysctl_refused_enable_leaves_softirq_mode(make_guest):
     """When a backlog thread cannot be created the switch is refused with an
     error and logged; the backlogs stay softirq-driven (RPS raises IPIs,
@@ -209,6 +207,7 @@ def test_threaded_backlog_sysctl_refused_enable_leaves_softirq_mode(make_guest):
 
 @pytest.mark.xfail(strict=True, reason="seed 002 v2 bug: proc_dointvec_minmax() stores 1 before "
                                        "backlog_set_threaded() fails, and nothing puts 0 back")
+@pytest.mark.needs(SEED_002)
 def test_threaded_backlog_sysctl_reads_back_the_mode_after_a_refused_enable(make_guest):
     fresh = make_guest("readback", vcpus=2)
     needs_sysctl(fresh)
@@ -236,7 +235,8 @@ def drained(guest, before, want, timeout=20.0):
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("mode", ["softirq", "backlog_threaded"])
+@pytest.mark.needs("CONFIG_HOTPLUG_CPU")
+@pytest.mark.parametrize("mode", ["softirq", pytest.param("backlog_threaded", marks=pytest.mark.needs(SEED_002))])
 @pytest.mark.guest(vcpus=3)
 def test_threaded_backlog_hotplug_rps_target_under_traffic(guest, mode):
     """CPU 1, the RPS target, goes offline and back online three times while
@@ -245,7 +245,6 @@ def test_threaded_backlog_hotplug_rps_target_under_traffic(guest, mode):
     drained by its thread (threaded), and once the CPU is back its backlog
     runs again."""
     if mode == "backlog_threaded":
-        needs_sysctl(guest)
         set_backlog_threaded(guest, 1)
     pair = SteeredVeth(guest, target_cpu=1, sender_cpu=0).create()
     try:
@@ -271,6 +270,7 @@ def test_threaded_backlog_hotplug_rps_target_under_traffic(guest, mode):
     assert after[1].backlog_len == 0
 
 
+@pytest.mark.needs(SEED_002, "CONFIG_HOTPLUG_CPU")
 @pytest.mark.guest(vcpus=3)
 def test_threaded_backlog_hotplug_dead_cpus_backlog_is_left_to_its_thread(guest):
     """Seed 002's dev_cpu_dead() hunk: a threaded backlog of a CPU that goes
@@ -278,7 +278,6 @@ def test_threaded_backlog_hotplug_dead_cpus_backlog_is_left_to_its_thread(guest)
     there by a hog) has 3000 packets queued when CPU 1 dies: nothing is
     re-injected elsewhere (nothing is processed while the thread is held),
     and once released the thread processes all 3000 on CPU 2."""
-    needs_sysctl(guest)
     n = 3_000
     pair = SteeredVeth(guest, target_cpu=1, sender_cpu=0).create()
     try:

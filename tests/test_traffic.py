@@ -42,6 +42,7 @@ def test_wrk_parser():
     assert r.socket_errors == {"connect": 0, "read": 2, "write": 0, "timeout": 1} and r.errors == 8
 
 
+@pytest.mark.needs(Pktgen.NEEDS)
 def test_pktgen_count_agrees_with_guest_tx_counters(lab):
     """pktgen count 10000 on each of two threads: each reports sent 10000,
     and the guest's eth0 tx counter grows by exactly 20000."""
@@ -54,6 +55,7 @@ def test_pktgen_count_agrees_with_guest_tx_counters(lab):
     assert delta.link("eth0").tx.packets == 20_000
 
 
+@pytest.mark.needs(Pktgen.NEEDS)
 def test_pktgen_rejects_a_bad_parameter(lab):
     g1 = lab("single-mq").guest("g1")
     with pytest.raises(PktgenError, match="kpktgend_0 refused: add_device nosuch0@0"):
