@@ -174,6 +174,23 @@ class Guest:
     def alive(self) -> bool:
         return self.agent is not None and self.agent.dead is None
 
+    def healthy(self, timeout: float = 10.0) -> bool:
+        """Whether the guest still answers a command that takes rtnl (a
+        kernel stuck in an unregister, say, holds it for good)."""
+        if not self.alive:
+            return False
+        try:
+            return self.run("ip link show dev lo >/dev/null", timeout=timeout).rc == 0
+        except GuestError:
+            return False
+
+    def retire(self, reason: str):
+        """Stop a guest that can no longer serve tests; jobs still waiting
+        on it end with ``reason``."""
+        if self.agent is not None:
+            self.agent.fail(reason)
+        self.stop()
+
     def stop(self):
         """Destroy the domain and remove its files; safe to call twice."""
         import libvirt

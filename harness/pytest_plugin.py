@@ -250,6 +250,12 @@ class HarnessSession:
             return
         if call.when != "call" or not self.guests:
             return
+        if report.failed:
+            # a kernel left wedged by the failure (rtnl held, say) would
+            # fail every later test on its guest: the next test gets a fresh one
+            for guest in list(self.guests):
+                if guest.alive and not guest.healthy():
+                    guest.retire(f"retired after {item.nodeid} left it unresponsive")
         allowed = _allowed_splats(item)
         splats = [(g, s) for g, s in self.collect_splats(item) if s.kind not in allowed]
         if splats:
