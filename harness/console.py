@@ -259,6 +259,10 @@ class AgentChannel:
         self.console = console
         self.splat_grace_s = 5.0     # a command may go on this long after a splat
         self.allowed_splats: set[str] = set()  # kinds the running test provokes on purpose
+        # where the running test began on the console: a splat after it makes
+        # any command of the test that then stalls fail (a wedged kernel
+        # would otherwise cost every later command its whole timeout)
+        self.watch_from: int | None = None
         self.release: str | None = None
         self._sock = sock
         self._send_lock = threading.Lock()
@@ -276,6 +280,8 @@ class AgentChannel:
     def stalling_splat(self, start_line: int) -> Splat | None:
         if self.console is None:
             return None
+        if self.watch_from is not None:
+            start_line = min(start_line, self.watch_from)
         return self.console.splat_since(start_line, self.splat_grace_s, ignore=self.allowed_splats | {"panic"})
 
     def wait_ready(self, timeout: float) -> str:

@@ -228,12 +228,14 @@ class HarnessSession:
         for guest in self.guests:
             if guest.agent is not None:
                 guest.agent.allowed_splats = allowed
+                guest.agent.watch_from = guest.mark_line
         try:
             yield
         finally:
             for guest in self.guests:
                 if guest.agent is not None:
                     guest.agent.allowed_splats = set()
+                    guest.agent.watch_from = None
 
     def _guests_of(self, item) -> list:
         funcargs = getattr(item, "funcargs", {})
