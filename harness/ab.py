@@ -1,15 +1,18 @@
-"""A/B runs: a base and a patched kernel, the same workload, interleaved,
-compared with statistics a reviewer can trust.
+"""A/B runs: a base and a patched kernel, the same workload, compared with
+statistics a reviewer can trust.
 
-    report = run_ab(WORKLOADS["http_proxy"], Side("base", k1), Side("patched", k2), runs=10)
+    report = run_ab(WORKLOADS["http_proxy"], Side("base", k1), Side("patched", k2), boots=3, runs=5)
     print(report.table()); report.write(out_dir)   # JSON with every sample, PNG per metric
 
-Both labs are up for the whole run; the side not measuring is paused (its
-vCPUs stop, so it takes no host CPU).  Samples alternate A B B A A B ...
-so that a slow drift of the host affects both sides alike; warm-up rounds
-are discarded.  Per sweep point: medians, bootstrap 95% confidence
-intervals, the change of B against A, a Mann-Whitney U p-value, and a
-verdict that needs both p < alpha and a change of at least min_effect_pct.
+Each side is measured over several independent boots, each a fresh lab of
+the workload's topology, with runs nested inside a boot; boots of A and B
+alternate A B B A A B ... so that a slow drift of the host falls on both
+sides alike, and each boot's first ``warmup`` runs are discarded.  The
+statistics compare boots, not runs (harness.abstats): one boot's quirks
+are not the kernel's.  Per sweep point: the median of boot medians with a
+hierarchical-bootstrap 95% CI, the change of B against A, Welch's p on the
+boot medians, a verdict that needs both p < alpha and a change of at least
+min_effect_pct, and the spread within and between boots.
 """
 from __future__ import annotations
 
@@ -23,9 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from scipy import stats as scistats
-
+from .abstats import PointStats, compare
 from .kernel import Kernel
 from .lab import Lab
 from .util import HarnessError
@@ -44,41 +45,6 @@ class Side:
     options: dict = dataclasses.field(default_factory=dict)  # passed to the workload's sample()
 
 
-@dataclasses.dataclass
-class PointStats:
-    point: object
-    median_a: float
-    median_b: float
-    ci_a: tuple
-    ci_b: tuple
-    change_pct: float
-    p_value: float
-    verdict: str  # "faster", "slower", "no significant change"
-
-
-def bootstrap_ci(samples, confidence=0.95, seed=0) -> tuple[float, float]:
-    if len(samples) < 2 or len(set(samples)) == 1:
-        return (float(min(samples)), float(max(samples)))
-    res = scistats.bootstrap((np.asarray(samples, dtype=float),), np.median, confidence_level=confidence,
-                             n_resamples=2000, method="percentile", random_state=seed)
-    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
-
-
-def compare(point, a: list[float], b: list[float], *, higher_is_better=True, alpha=0.05,
-            min_effect_pct=2.0) -> PointStats:
-    """B against A at one sweep point."""
-    if not a or not b:
-        raise ABError(f"no samples at {point}: base {len(a)}, patched {len(b)}")
-    med_a, med_b = float(np.median(a)), float(np.median(b))
-    change = (med_b - med_a) / med_a * 100 if med_a else float("inf")
-    p = float(scistats.mannwhitneyu(a, b, alternative="two-sided").pvalue) if len(a) > 1 and len(b) > 1 else 1.0
-    if p < alpha and abs(change) >= min_effect_pct:
-        verdict = "faster" if (change > 0) == higher_is_better else "slower"
-    else:
-        verdict = "no significant change"
-    return PointStats(point, med_a, med_b, bootstrap_ci(a), bootstrap_ci(b), change, p, verdict)
-
-
 def _fmt(v: float) -> str:
     for unit, scale in (("M", 1e6), ("k", 1e3)):
         if abs(v) >= scale:
@@ -93,7 +59,7 @@ class Report:
     sweep_name: str
     base: Side
     patched: Side
-    samples: dict           # point -> {"base": [...], "patched": [...]}
+    samples: dict           # point -> {"base": [[runs of boot 1], ...], "patched": [...]}
     stats: list[PointStats]
     environment: dict
     wall_s: float
@@ -121,11 +87,13 @@ class Report:
                 [self.patched.label] + [f"{_fmt(s.median_b)} [{_fmt(s.ci_b[0])}, {_fmt(s.ci_b[1])}]"
                                         for s in self.stats],
                 ["change"] + [f"{s.change_pct:+.1f}% (p={s.p_value:.3f})" for s in self.stats],
-                ["verdict"] + [s.verdict for s in self.stats]]
+                ["verdict"] + [s.verdict for s in self.stats],
+                ["spread"] + [f"boots {s.between_pct:.1f}%, runs {s.within_pct:.1f}%" for s in self.stats]]
         widths = [max(len(r[i]) for r in rows + [[""] + cols]) for i in range(len(cols) + 1)]
         line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-        runs = len(next(iter(self.samples.values()))["base"])
-        head = f"{self.workload}: {self.metric}, median [95% CI] of {runs} runs per side"
+        first = next(iter(self.samples.values()))["base"]
+        head = (f"{self.workload}: {self.metric}, median of boot medians [95% CI], {len(first)} boots x "
+                f"{len(first[0]) if first else 0} runs per side")
         return "\n".join([head, line([""] + cols)] + [line(r) for r in rows])
 
     def to_json(self) -> dict:
@@ -146,24 +114,25 @@ class Report:
         return [data, self.plot(out / f"{self.workload}.png")]
 
     def plot(self, path: Path) -> Path:
+        """Per sweep point, the two kernels side by side: one box per side
+        over every run, each boot's runs in their own colour."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(max(4, 2.2 * len(self.stats)), 4))
-        data, positions, labels = [], [], []
-        for i, s in enumerate(self.stats):
-            for j, side in enumerate(("base", "patched")):
-                data.append(self.samples[s.point][side])
-                positions.append(i * 3 + j)
-            labels.append(self._col(s.point))
-        box = ax.boxplot(data, positions=positions, widths=0.8, patch_artist=True)
-        for k, patch in enumerate(box["boxes"]):
-            patch.set_facecolor("#9ecae1" if k % 2 == 0 else "#fdae6b")
-        for pos, values in zip(positions, data):
-            ax.scatter([pos] * len(values), values, s=8, color="black", zorder=3)
-        ax.set_xticks([i * 3 + 0.5 for i in range(len(self.stats))], labels)
-        ax.set_ylabel(self.metric)
-        ax.set_title(f"{self.workload}: {self.base.label} (blue) vs {self.patched.label} (orange)")
+        labels = (f"{self.base.label}\n{self.base.kernel.release}", f"{self.patched.label}\n{self.patched.kernel.release}")
+        fig, axes = plt.subplots(1, len(self.stats), figsize=(3.2 * len(self.stats) + 1, 4.2), squeeze=False)
+        for ax, s in zip(axes[0], self.stats):
+            for x, side in enumerate(("base", "patched")):
+                boots = self.samples[s.point][side]
+                ax.boxplot([sum(boots, [])], positions=[x], widths=0.6, patch_artist=True,
+                           boxprops={"facecolor": ("#9ecae1", "#fdae6b")[x]})
+                for k, runs in enumerate(boots):
+                    ax.scatter([x + (k - (len(boots) - 1) / 2) * 0.08] * len(runs), runs, s=9, zorder=3,
+                               color=plt.cm.tab10(k % 10))
+            ax.set_xticks([0, 1], labels, fontsize=8)
+            ax.set_title(f"{self._col(s.point)}: {s.change_pct:+.1f}%, {s.verdict}", fontsize=9)
+        axes[0][0].set_ylabel(self.metric)
+        fig.suptitle(f"{self.workload} ({self.metric}); dots: runs, one colour per boot", fontsize=10)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
@@ -194,65 +163,58 @@ def _sha(path) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
 
 
-def run_ab(workload, base: Side, patched: Side, *, runs: int = 10, warmup: int = 1, sweep=None,
+def measure_boot(workload, side: Side, topology: Path, *, runs: int, warmup: int, sweep: list, accel: str,
+                  log_dir: Path, pin: list[int] | None = None, progress=print) -> tuple[dict, float]:
+    """One boot: a fresh lab of ``topology`` on the side's kernel, ``warmup``
+    discarded runs, then ``runs`` measured ones at every sweep point.
+    Returns ({point: [values]}, seconds the workload itself ran)."""
+    lab = Lab.from_yaml(topology, kernel=side.kernel, accel=accel, log_dir=log_dir)
+    got, workload_s = {p: [] for p in sweep}, 0.0
+    try:
+        lab.up()
+        workload.setup(lab)
+        if pin:
+            for guest in lab.guests.values():
+                guest.pin_vcpus(pin)
+        for r in range(warmup + runs):
+            for point in sweep:
+                value, seconds = workload.sample(lab, point, **side.options)
+                if r >= warmup:
+                    got[point].append(value)
+                    workload_s += seconds
+                progress(f"ab:   {'warm-up' if r < warmup else f'run {r - warmup + 1}/{runs}'} "
+                         f"{workload.sweep_name + '=' + str(point) if workload.sweep_name else ''}"
+                         f" {value:.4g} {workload.metric}")
+    finally:
+        lab.down()
+    return got, workload_s
+
+
+def run_ab(workload, base: Side, patched: Side, *, boots: int = 3, runs: int = 5, warmup: int = 1, sweep=None,
            topology=None, accel: str = "tcg", log_dir=None, pin: list[int] | None = None,
            alpha: float = 0.05, min_effect_pct: float = 2.0, progress=print) -> Report:
-    """Interleaved runs of ``workload`` on a lab per kernel; see the module doc."""
-    if runs < 2:
-        raise ABError(f"--runs {runs}: at least 2 runs per side are needed for a comparison")
+    """``boots`` fresh labs per side, alternating sides, each measured
+    ``runs`` times after ``warmup`` discarded runs; see the module doc."""
+    if boots < 2:
+        raise ABError(f"--boots {boots}: at least 2 boots per side are needed to compare boots")
+    if runs < 1:
+        raise ABError(f"--runs {runs}: at least one run per boot")
     sweep = list(sweep) if sweep else list(workload.default_sweep)
     topo = Path(topology) if topology else ROOT / "topologies" / f"{workload.topology}.yaml"
     log_dir = Path(log_dir) if log_dir else Path(os.environ.get("TMPDIR", "/tmp"))
     samples = {p: {"base": [], "patched": []} for p in sweep}
-    labs = {}
     t_start, workload_s = time.monotonic(), 0.0
-    try:
-        for side in (base, patched):
-            progress(f"ab: bringing up {topo.name} on {side.label} ({side.kernel.release})")
-            lab = labs[side.label] = Lab.from_yaml(topo, kernel=side.kernel, accel=accel,
-                                                   log_dir=log_dir / side.label)
-            lab.up()
-            workload.setup(lab)
-            if pin:
-                for guest in lab.guests.values():
-                    guest.pin_vcpus(pin)
-            _pause(lab)
-        t_start = time.monotonic()
-        for i in range(warmup + runs):
-            # A B, B A, A B ...: a linear drift of the host cancels out
-            order = (base, patched) if i % 2 == 0 else (patched, base)
-            for side in order:
-                lab = labs[side.label]
-                _resume(lab)
-                try:
-                    for point in sweep:
-                        value, seconds = workload.sample(lab, point, **side.options)
-                        if i >= warmup:
-                            samples[point]["base" if side is base else "patched"].append(value)
-                            workload_s += seconds
-                        progress(f"ab: {'warm-up' if i < warmup else f'run {i - warmup + 1}/{runs}'} "
-                                 f"{side.label} {workload.sweep_name + '=' + str(point) if workload.sweep_name else ''}"
-                                 f" {value:.4g} {workload.metric}")
-                finally:
-                    _pause(lab)
-        wall = time.monotonic() - t_start
-        # warm-up rounds are not the workload's time either
-        wall -= wall * warmup / (warmup + runs)
-    finally:
-        for lab in labs.values():
-            _resume(lab)
-            lab.down()
+    for i in range(boots):
+        # A B, B A, A B ...: a linear drift of the host cancels out
+        for side in ((base, patched) if i % 2 == 0 else (patched, base)):
+            progress(f"ab: boot {i + 1}/{boots} of {side.label} ({side.kernel.release}): bringing up {topo.name}")
+            got, seconds = measure_boot(workload, side, topo, runs=runs, warmup=warmup, sweep=sweep, accel=accel,
+                                        log_dir=log_dir / side.label / f"boot{i + 1}", pin=pin, progress=progress)
+            workload_s += seconds
+            for point in sweep:
+                samples[point]["base" if side is base else "patched"].append(got[point])
+    wall = time.monotonic() - t_start
     stats = [compare(p, samples[p]["base"], samples[p]["patched"], higher_is_better=workload.higher_is_better,
                      alpha=alpha, min_effect_pct=min_effect_pct) for p in sweep]
     return Report(workload.name, workload.metric, workload.sweep_name, base, patched, samples, stats,
                   environment(base, patched, accel), wall, workload_s)
-
-
-def _pause(lab):
-    for guest in lab.guests.values():
-        guest.pause()
-
-
-def _resume(lab):
-    for guest in lab.guests.values():
-        guest.resume()

@@ -127,7 +127,7 @@ def cmd_ab(args):
     reap_stale_guests()
     reap_stale_labs()
     out = Path(args.out or f"logs/ab-{time.strftime('%Y%m%d-%H%M%S')}-{workload.name}")
-    report = run_ab(workload, Side("base", base), Side("patched", patched), runs=args.runs,
+    report = run_ab(workload, Side("base", base), Side("patched", patched), boots=args.boots, runs=args.runs,
                     warmup=args.warmup, sweep=sweep, topology=args.topology, accel=accel, log_dir=out / "logs",
                     pin=pin, alpha=args.alpha, min_effect_pct=args.min_effect,
                     progress=lambda m: print(m, file=sys.stderr, flush=True))
@@ -276,8 +276,10 @@ def main(argv=None):
     ab.add_argument("--patched", required=True, help="a kernel --kernel accepts, or 'default'")
     ab.add_argument("--workload", required=True,
                     help="pktgen_queue_xmit, http_proxy, tcp_stream or guest_rx_pps")
-    ab.add_argument("--runs", type=int, default=10, help="measured runs per side (default 10)")
-    ab.add_argument("--warmup", type=int, default=1, help="discarded rounds first (default 1)")
+    ab.add_argument("--boots", type=int, default=3,
+                    help="independent boots (fresh labs) per side, alternating sides (default 3)")
+    ab.add_argument("--runs", type=int, default=5, help="measured runs per boot (default 5)")
+    ab.add_argument("--warmup", type=int, default=1, help="discarded runs at the start of each boot (default 1)")
     ab.add_argument("--sweep", help="e.g. conns=16,32,64,1024 (http_proxy) or threads=1,2")
     ab.add_argument("--topology", help="a topology file instead of the workload's own")
     ab.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))

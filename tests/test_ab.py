@@ -6,25 +6,26 @@ import random
 
 import pytest
 
-from harness.ab import compare
+from harness.abstats import compare
 from harness.cli import parse_sweep
 from harness.pktgen import Pktgen
 from harness.util import HarnessError
 from harness.workloads import WORKLOADS
 
 
+def per_boot(rng, centre, n_boots=4, runs=5, sd=2.0):
+    return [[centre + rng.gauss(0, sd) for _ in range(runs)] for _ in range(n_boots)]
+
+
 def test_compare_same_distribution_is_no_change():
     rng = random.Random(1)
-    a = [100 + rng.gauss(0, 2) for _ in range(10)]
-    b = [100 + rng.gauss(0, 2) for _ in range(10)]
-    s = compare(16, a, b)
+    s = compare(16, per_boot(rng, 100), per_boot(rng, 100))
     assert s.verdict == "no significant change" and s.p_value > 0.05
 
 
 def test_compare_shifted_distribution_is_slower_by_its_size():
     rng = random.Random(2)
-    a = [100 + rng.gauss(0, 2) for _ in range(10)]
-    b = [80 + rng.gauss(0, 2) for _ in range(10)]
+    a, b = per_boot(rng, 100), per_boot(rng, 80)
     s = compare(16, a, b)
     assert s.verdict == "slower" and s.p_value < 0.001
     assert s.change_pct == pytest.approx(-20, abs=3)
@@ -33,8 +34,8 @@ def test_compare_shifted_distribution_is_slower_by_its_size():
 
 
 def test_compare_tiny_significant_change_is_below_the_minimum_effect():
-    a = [100.0 + i * 0.01 for i in range(10)]
-    b = [99.5 + i * 0.01 for i in range(10)]  # -0.5%: significant, but not a difference worth a verdict
+    a = [[100.0 + i * 0.01 + j * 0.001 for i in range(5)] for j in range(4)]
+    b = [[99.5 + i * 0.01 + j * 0.001 for i in range(5)] for j in range(4)]  # -0.5%: significant, too small
     assert compare(1, a, b).verdict == "no significant change"
 
 
@@ -48,7 +49,7 @@ def test_sweep_is_checked_against_the_workload():
 
 @pytest.mark.needs(Pktgen.NEEDS)
 def test_ab_same_kernel_reports_no_significant_change(ab):
-    report = ab("pktgen_queue_xmit", runs=6)
+    report = ab("pktgen_queue_xmit", boots=3, runs=3)
     assert [s.verdict for s in report.stats] == ["no significant change"], report.table()
     report.assert_not_slower(5)
 
@@ -57,7 +58,7 @@ def test_ab_same_kernel_reports_no_significant_change(ab):
 def test_ab_handicapped_patched_side_is_significantly_slower(ab):
     """B's pktgen is rate-limited to 15 kpps per thread (2 threads): B's
     median is 30 kpps, and the report says so."""
-    report = ab("pktgen_queue_xmit", runs=4, patched_options={"rate_pps": 15_000})
+    report = ab("pktgen_queue_xmit", boots=3, runs=3, patched_options={"rate_pps": 15_000})
     s = report.stats[0]
     assert s.verdict == "slower", report.table()
     expected = (30_000 - s.median_a) / s.median_a * 100
