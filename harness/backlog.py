@@ -10,9 +10,10 @@ boot parameter (``thread_backlog_napi``, threads ``backlog_napi/N``).
 from __future__ import annotations
 
 import contextlib
+import time
 
 from .needs import Feature, Version
-from .observe import KThread, snapshot
+from .observe import KThread, snapshot, softnet
 
 SYSCTL = "/proc/sys/net/core/backlog_threaded"
 SEED_002_PATCH = "images/patches/0001-net-core-add-optional-threading-for-backlog-processing.patch"
@@ -64,6 +65,34 @@ def backlog_thread(where, cpu: int) -> KThread:
     if len(found) != 1:
         raise AssertionError(f"expected one backlog thread for CPU {cpu}, found {found}")
     return found[0]
+
+
+def hold_mid_round(where, pair, hog, n: int, thread_cpu: int = 2, target_cpu: int = 1):
+    """Leave CPU ``target_cpu``'s backlog thread (pinned to the hogged CPU
+    ``thread_cpu``) preempted in the middle of a round, owning a non-empty
+    process_queue: queue ``n`` packets while it cannot run, then pulse the
+    hog until it has run a little (it splices the whole input queue into
+    process_queue, processes some, and is preempted at a quota boundary).
+    Checked, not hoped for: returns (packets processed so far, softnet
+    before the packets were sent), and process_queue then holds exactly
+    n - processed packets."""
+    before = softnet(where)
+    sent = pair.inject(n)
+    assert sent == (n, 0), f"{sent[1]} of {n} packets were refused"
+    rows = softnet(where)
+    assert rows[target_cpu].backlog_len == n, \
+        f"expected {n} queued on CPU {target_cpu} with its thread held: {rows[target_cpu]}"
+    done = 0
+    for _ in range(10):
+        hog.pulse()
+        time.sleep(0.3)
+        rows = softnet(where)
+        done = rows[thread_cpu].processed - before[thread_cpu].processed
+        if done:
+            break
+    assert 0 < done < n, f"the thread processed {done} of {n} packets during the pulses"
+    assert rows[target_cpu].backlog_len == n - done, f"{rows[target_cpu]} after {done} processed"
+    return done, before
 
 
 def pin(where, pid: int, cpu: int):

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from harness.backlog import (BACKLOG_NAPI, SEED_002, backlog_thread, backlog_threaded, max_backlog, pin,
-                             set_backlog_threaded)
+from harness.backlog import (BACKLOG_NAPI, SEED_002, backlog_thread, backlog_threaded, hold_mid_round, max_backlog,
+                             pin, set_backlog_threaded)
 from harness.console import GuestError
 from harness.observe import cpu_times, snapshot, softnet
 from harness.rps import CpuHog, SteeredVeth
@@ -106,30 +106,6 @@ def test_flush_unregister_waits_for_a_busy_target_cpu(guest):
 HELD_N = 5_000  # fits netdev_max_backlog (raised to 10000 here): nothing is dropped
 
 
-def load_process_queue(guest, pair, hog, n):
-    """Queue ``n`` packets for CPU 1's backlog while its thread (pinned to
-    the hogged CPU 2) cannot run, then pulse the hog until the thread has
-    run a little: it splices the whole input queue into process_queue,
-    processes some of it and is preempted at a quota boundary.  Returns
-    (packets processed so far, softnet before the send).  Checked, not
-    hoped for: afterwards process_queue holds exactly n - processed."""
-    before = softnet(guest)
-    # from CPU 0: RPS enqueues to CPU 1's backlog remotely
-    assert pair.inject(n) == (n, 0)
-    rows = softnet(guest)
-    assert rows[1].backlog_len == n, f"expected {n} queued on CPU 1 with its thread held: {rows[1]}"
-    for _ in range(10):
-        hog.pulse()
-        time.sleep(0.3)
-        rows = softnet(guest)
-        done = rows[2].processed - before[2].processed
-        if done:
-            break
-    assert 0 < done < n, f"the thread processed {done} of {n} packets during the pulses"
-    assert rows[1].backlog_len == n - done, f"{rows[1]} after {done} processed"
-    return done, before
-
-
 @pytest.mark.needs(SEED_002)
 @pytest.mark.parametrize("in_namespace", [False, True], ids=["device", "namespace"])
 @pytest.mark.guest(vcpus=3)
@@ -148,7 +124,7 @@ def test_flush_unregister_waits_for_a_held_backlog_thread(guest, in_namespace):
         with max_backlog(guest, 10_000), backlog_threaded(guest):
             pin(guest, backlog_thread(guest, 1).pid, 2)
             with CpuHog(guest, cpu=2, seconds=120, pulse_us=1000) as hog:
-                done, before = load_process_queue(guest, pair, hog, HELD_N)
+                done, before = hold_mid_round(guest, pair, hog, HELD_N)
                 busy_before = cpu_times(guest)
                 deletion = guest.spawn(f"ip netns del {pair.netns}" if in_namespace else f"ip link del {pair.tx}")
                 time.sleep(2.0)

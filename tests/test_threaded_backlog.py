@@ -15,7 +15,8 @@ import pytest
 import time
 
 from harness.backlog import (BACKLOG_NAPI, SEED_002, SEED_002_HINT, SYSCTL, backlog_thread, backlog_threaded,
-                             backlog_threads, has_backlog_sysctl, max_backlog, pin, set_backlog_threaded)
+                             backlog_threads, has_backlog_sysctl, hold_mid_round, max_backlog, pin,
+                             set_backlog_threaded)
 from harness.observe import parse_cpu_list, snapshot, softnet
 from harness.rps import CpuHog, SteeredVeth
 
@@ -132,6 +133,37 @@ def test_threaded_backlog_sysctl_off_brings_the_ipis_back(guest, steered):
 
 
 @pytest.mark.needs(SEED_002)
+@pytest.mark.guest(vcpus=3)
+def test_threaded_backlog_sysctl_off_while_a_thread_owns_the_backlog(guest):
+    """1 -> 0 while CPU 1's backlog thread is preempted mid-round (pinned to
+    CPU 2, held there by a hog, owning a non-empty process_queue): the
+    backlog stays the thread's until it completes its round.  No softirq
+    touches it meanwhile (it would race the thread over process_queue),
+    not even for packets that arrive after the switch; once released, the
+    thread processes every packet, old and new, exactly once."""
+    n, more = 3_000, 500
+    pair = SteeredVeth(guest, target_cpu=1, sender_cpu=0).create()
+    try:
+        with max_backlog(guest, 10_000), backlog_threaded(guest):
+            pin(guest, backlog_thread(guest, 1).pid, 2)
+            with CpuHog(guest, cpu=2, seconds=120) as hog:
+                done, before = hold_mid_round(guest, pair, hog, n)
+                set_backlog_threaded(guest, 0)
+                assert pair.inject(more) == (more, 0)
+                time.sleep(1.0)
+                held = softnet(guest)
+                meanwhile = {c: held[c].processed - before[c].processed for c in held}
+                assert meanwhile == {0: 0, 1: 0, 2: done}, \
+                    f"the backlog was processed while its thread still owned it: {meanwhile}"
+            after = drained(guest, before, n + more)
+    finally:
+        pair.delete()
+    processed = {c: after[c].processed - before[c].processed for c in after}
+    assert processed == {0: 0, 1: 0, 2: n + more}, f"every packet once, by the thread: {processed}"
+    assert sum(after[c].dropped - before[c].dropped for c in after) == 0
+
+
+@pytest.mark.needs(SEED_002)
 @pytest.mark.guest(vcpus=2)
 def test_threaded_backlog_sysctl_toggled_under_traffic(guest, steered):
     """1 -> 0 -> 1 fifty times while RPS traffic flows: no splat (the plugin
@@ -156,7 +188,9 @@ def test_threaded_backlog_sysctl_first_thing_after_boot(make_guest):
     traffic.  Writing 0 to a kernel that never threaded creates nothing."""
     fresh = make_guest("fresh", vcpus=2)
     needs_sysctl(fresh)
-    set_backlog_threaded(fresh, 0)
+    # one write(2) of "0\n": the whole of it is taken, and nothing starts
+    written = fresh.check(f"python3 -c \"import os; print(os.write(os.open('{SYSCTL}', os.O_WRONLY), b'0\\n'))\"")
+    assert written.stdout.strip() == "2", "writing the current value (0) was not taken whole"
     assert seed_threads(fresh) == [], "writing the current value (0) started threads"
     set_backlog_threaded(fresh, 1)
     pair = SteeredVeth(fresh, target_cpu=1, sender_cpu=0).create()
