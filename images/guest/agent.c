@@ -6,7 +6,8 @@
  * /bin/sh, 'D' dump files (payload: a network namespace name or an empty
  * line, then one glob pattern per line, or @ethtool / @qdisc for those
  * counters, or "@threads PATTERN..." for matching threads; the job's stdout is, per file, NUL, path, newline, contents), 'K' kill the process group of job id,
- * 'P' ping (echoed back).
+ * 'P' ping (echoed back), 'T' a command or a shell on a pseudo-terminal,
+ * 'I' keystrokes for a 'T' job, 'W' its window size.
  * Guest -> host: 'H' hello (payload: uname release), 'O'/'E' stdout/stderr
  * bytes of a job,
  * 'X' exit status of a job (decimal text; 128+signal when killed),
@@ -45,6 +46,7 @@
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -53,7 +55,7 @@
 
 struct hdr { uint32_t id, len; uint8_t type, pad[3]; } __attribute__((packed));
 
-struct job { uint32_t id; pid_t pid; int out, err, pidfd; };
+struct job { uint32_t id; pid_t pid; int out, err, pidfd, tty; };
 
 static struct job jobs[MAX_JOBS];
 static int port;
@@ -316,7 +318,7 @@ static void start(uint32_t id, char *command, int is_dump)
 	close(out[1]); close(err[1]);
 	fcntl(out[0], F_SETFL, O_NONBLOCK);
 	fcntl(err[0], F_SETFL, O_NONBLOCK);
-	jobs[slot] = (struct job){ id, pid, out[0], err[0], (int)syscall(SYS_pidfd_open, pid, 0) };
+	jobs[slot] = (struct job){ id, pid, out[0], err[0], (int)syscall(SYS_pidfd_open, pid, 0), 0 };
 }
 
 static void finish(struct job *j)
@@ -349,6 +351,56 @@ static void reap_orphans(void)
 	}
 }
 
+/* 'T': a command (or an interactive shell when it is empty) on a
+ * pseudo-terminal, for `harness shell`.  Payload: "ROWS COLS TERM\n" then
+ * the command.  Its output comes back as 'O' frames; 'I' frames carry
+ * keystrokes to it, 'W' frames ("ROWS COLS") a new window size. */
+static void start_tty(uint32_t id, char *payload)
+{
+	int slot, rows = 24, cols = 80;
+	char term[64] = "xterm", *command = strchr(payload, '\n');
+	cpu_set_t cpus;
+	for (slot = 0; slot < MAX_JOBS && jobs[slot].pid; slot++) ;
+	if (slot == MAX_JOBS) { send_text(id, 'F', "agent: too many jobs"); return; }
+	sscanf(payload, "%d %d %63s", &rows, &cols, term);
+	command = command ? command + 1 : "";
+	int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (master < 0 || grantpt(master) || unlockpt(master)) {
+		send_text(id, 'F', strerror(errno));
+		if (master >= 0) close(master);
+		return;
+	}
+	struct winsize ws = { .ws_row = rows, .ws_col = cols };
+	ioctl(master, TIOCSWINSZ, &ws);
+	char *slave_name = ptsname(master);
+	job_cpus(&cpus);
+	pid_t pid = fork();
+	if (pid < 0) { send_text(id, 'F', strerror(errno)); close(master); return; }
+	if (pid == 0) {
+		setsid();
+		int slave = open(slave_name, O_RDWR);
+		ioctl(slave, TIOCSCTTY, 0);
+		dup2(slave, 0); dup2(slave, 1); dup2(slave, 2);
+		if (slave > 2) close(slave);
+		sched_setaffinity(0, sizeof(cpus), &cpus);
+		signal(SIGPIPE, SIG_DFL);
+		setenv("TERM", term, 1);
+		if (*command) execl(shell, "sh", "-c", command, (char *)NULL);
+		else if (access("/bin/bash", X_OK) == 0) execl("/bin/bash", "bash", "-i", (char *)NULL);
+		else execl(shell, "sh", "-i", (char *)NULL);
+		_exit(127);
+	}
+	fcntl(master, F_SETFL, O_NONBLOCK);
+	jobs[slot] = (struct job){ id, pid, master, -1, (int)syscall(SYS_pidfd_open, pid, 0), 1 };
+}
+
+static struct job *job_by_id(uint32_t id)
+{
+	for (int i = 0; i < MAX_JOBS; i++)
+		if (jobs[i].pid && jobs[i].id == id) return &jobs[i];
+	return NULL;
+}
+
 static void handle(struct hdr *h, char *payload)
 {
 	if (h->type == 'R' || h->type == 'D') {
@@ -359,6 +411,26 @@ static void handle(struct hdr *h, char *payload)
 		for (int i = 0; i < MAX_JOBS; i++)
 			if (jobs[i].pid && jobs[i].id == h->id)
 				kill(-jobs[i].pid, SIGKILL);
+	} else if (h->type == 'T') {
+		start_tty(h->id, payload);
+	} else if (h->type == 'I' || h->type == 'W') {
+		struct job *j = job_by_id(h->id);
+		if (!j || !j->tty || j->out < 0) return;
+		if (h->type == 'I') {
+			for (uint32_t done = 0; done < h->len; ) {
+				ssize_t n = write(j->out, payload + done, h->len - done);
+				if (n < 0 && (errno == EAGAIN || errno == EINTR)) { usleep(1000); continue; }
+				if (n <= 0) break;
+				done += n;
+			}
+		} else {
+			struct winsize ws = { 0 };
+			int rows = 0, cols = 0;
+			if (sscanf(payload, "%d %d", &rows, &cols) == 2) {
+				ws.ws_row = rows; ws.ws_col = cols;
+				ioctl(j->out, TIOCSWINSZ, &ws);
+			}
+		}
 	}
 }
 
