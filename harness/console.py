@@ -220,6 +220,8 @@ class Job:
     def wait(self, timeout: float | None = 60.0) -> Result:
         """Result of the job; raises on timeout (after killing it), on a crash,
         or when a splat printed since it started is followed by a stall."""
+        if timeout is not None:
+            timeout *= self.channel.time_scale
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done.wait(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))):
             splat = self.channel.stalling_splat(self.console_line)
@@ -258,6 +260,7 @@ class AgentChannel:
         self.name = name
         self.console = console
         self.splat_grace_s = 5.0     # a command may go on this long after a splat
+        self.time_scale = 1.0        # every timeout is multiplied by it (a slow debug kernel)
         self.allowed_splats: set[str] = set()  # kinds the running test provokes on purpose
         # where the running test began on the console: a splat after it makes
         # any command of the test that then stalls fail (a wedged kernel

@@ -158,6 +158,7 @@ class Guest:
                                       log_dir / f"{self.name}.console.log",
                                       on_panic=self._on_panic)
             self.agent = AgentChannel(connect_unix(agent_sock), self.name, self.console)
+            self.agent.time_scale = self.time_scale
             self._dom.resume()
             self.release = self.agent.wait_ready(self.boot_timeout)
         except BaseException:
@@ -169,6 +170,11 @@ class Guest:
     def _on_panic(self, splat: Splat):
         if self.agent is not None:
             self.agent.fail(f"kernel panic: {splat.title}")
+
+    @property
+    def time_scale(self) -> float:
+        """Timeouts and time limits on this guest are multiplied by it."""
+        return self.kernel.time_scale
 
     @property
     def alive(self) -> bool:

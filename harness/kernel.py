@@ -169,6 +169,16 @@ class Kernel:
         return frozenset(names)
 
     @property
+    def time_scale(self) -> float:
+        """How much longer things take on this kernel than on a plain one:
+        KASAN and lockdep make a TCG guest several times slower.  Command
+        timeouts and the tests' own time limits are multiplied by it;
+        HARNESS_TIME_SCALE overrides it."""
+        if os.environ.get("HARNESS_TIME_SCALE"):
+            return float(os.environ["HARNESS_TIME_SCALE"])
+        return 4.0 if self.builtin("CONFIG_KASAN") or self.builtin("CONFIG_PROVE_LOCKING") else 1.0
+
+    @property
     def version(self) -> tuple[int, int]:
         major, minor = re.match(r"(\d+)\.(\d+)", self.release).groups()
         return int(major), int(minor)

@@ -258,7 +258,7 @@ def set_online(guest, cpu: int, online: int):
 
 def drained(guest, before, want, timeout=20.0):
     """softnet once processed + dropped over every CPU reach ``want``."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * guest.time_scale
     while True:
         rows = softnet(guest)
         got = sum(rows[c].processed + rows[c].dropped - before[c].processed - before[c].dropped
