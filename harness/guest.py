@@ -104,7 +104,7 @@ class Guest:
         self.name = name
         self.kernel = kernel
         self.vcpus = vcpus
-        self.memory_mb = memory_mb
+        self.memory_mb = max(memory_mb, kernel.min_memory_mb)
         self.extra_cmdline = cmdline
         self.accel = accel
         self.interfaces = list(interfaces)
