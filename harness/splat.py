@@ -14,8 +14,12 @@ OPENERS = [
     ("hung_task", r"INFO: task \S.* blocked for more than \d+ seconds"),
     ("rcu_stall", r"rcu: INFO: \w+ (detected|self-detected) (expedited )?stalls?"
                   r"|\brcu_\w+ (self-)?detected stalls?"),
+    # lockdep's reports: a "WARNING: <what>" title under a ===== rule
     ("lockdep", r"possible circular locking dependency|possible recursive locking detected"
-                r"|inconsistent lock state|suspicious RCU usage"),
+                r"|inconsistent lock state|suspicious RCU usage|bad unlock balance detected"
+                r"|lock held when returning to user space|held lock freed|nested lock was not taken"
+                r"|possible irq lock inversion dependency|\S+-safe -> \S+-unsafe lock order detected"
+                r"|lock held at task exit time"),
     ("list_corruption", r"\blist_(add|del) corruption"),
     ("kasan", r"\bKASAN:"),
     ("ubsan", r"\bUBSAN:"),

@@ -44,6 +44,7 @@ def test_module_load_order_puts_dependencies_first(tmp_path):
     ("hung-task.txt", ["hung_task"]),
     ("rcu-stall.txt", ["rcu_stall"]),
     ("list-corruption.txt", ["list_corruption"]),
+    ("lockdep-bad-unlock-6.1.txt", ["lockdep"]),
 ])
 def test_splat_samples_are_classified(name, kinds):
     splats = find_splats((DATA / "splats" / name).read_text())
