@@ -9,25 +9,25 @@ from .util import HarnessError
 
 
 def cmd_kernel_fetch(args):
-    from .kernel import fetch_default
+    from .vm.kernel import fetch_default
     kernel = fetch_default()
     print(f"default kernel: {kernel}")
 
 
 def cmd_build_shell(args):
-    from .images import build_static_shell
+    from .vm.images import build_static_shell
     print(f"static shell: {build_static_shell()}")
 
 
 def cmd_build_kernel(args):
-    from . import kbuild
+    from .vm import kbuild
     source = kbuild.tree_source(args.tree) if args.tree else kbuild.debian_source(args.debian_source)
     out = kbuild.build(source, patches=args.patch, fragments=args.config, jobs=args.jobs)
     print(out)  # the one line on stdout: what --kernel takes
 
 
 def _source(args):
-    from . import kbuild
+    from .vm import kbuild
     if not (args.tree or args.debian_source):
         raise HarnessError("give the kernel source: --debian-source SERIES or --tree DIR")
     return kbuild.tree_source(args.tree) if args.tree else kbuild.debian_source(args.debian_source)
@@ -41,8 +41,8 @@ def _out_dir(args, what: str):
 
 def cmd_mutants(args):
     from pathlib import Path
-    from .catching import equivalent_file, load_equivalents, run_mutants
-    from .mutants import Patch, mutants
+    from .catching.runs import equivalent_file, load_equivalents, run_mutants
+    from .catching.mutants import Patch, mutants
     patch = Path(args.patch)
     if not patch.is_file():
         raise HarnessError(f"--patch {patch}: no such file")
@@ -68,7 +68,7 @@ def cmd_mutants(args):
 
 
 def cmd_verify_fix(args):
-    from .catching import verify_fix
+    from .catching.runs import verify_fix
     verdict = verify_fix(_source(args), args.fix, expr=args.k, out_dir=_out_dir(args, "verify-fix"),
                          base_patches=args.base_patch, fragments=args.config, deadline_s=args.deadline,
                          accel=args.accel, jobs=args.jobs)
@@ -90,7 +90,7 @@ def _add_source_args(p):
 
 
 def _kernel(spec: str):
-    from .kernel import Kernel
+    from .vm.kernel import Kernel
     return Kernel.default() if spec in ("default", "") else Kernel.from_path(spec)
 
 
@@ -111,12 +111,12 @@ def parse_sweep(text: str | None, workload) -> list | None:
 def cmd_ab(args):
     import time
     from pathlib import Path
-    from .ab import Side, run_ab
-    from .accel import resolve
-    from .guest import reap_stale_guests
-    from .hostnet import reap_stale_labs
-    from .images import build_initramfs
-    from .workloads import WORKLOADS
+    from .measure.ab import Side, run_ab
+    from .vm.accel import resolve
+    from .vm.guest import reap_stale_guests
+    from .lab.hostnet import reap_stale_labs
+    from .vm.images import build_initramfs
+    from .measure.workloads import WORKLOADS
     workload = WORKLOADS.get(args.workload)
     if workload is None:
         raise HarnessError(f"--workload {args.workload!r}: expected one of {', '.join(WORKLOADS)}")
@@ -140,7 +140,7 @@ def cmd_ab(args):
 def cmd_kernel_check(args):
     import os
     from .kcheck import ROOT, check, collect
-    from .kernel import Kernel
+    from .vm.kernel import Kernel
     kernel = (Kernel.from_path(args.kernel, args.modules, args.kconfig) if args.kernel else Kernel.default())
     pytest_args = [str(ROOT / "tests")]
     if args.k:
@@ -160,7 +160,7 @@ def cmd_kernel_check(args):
 
 
 def cmd_kernel_show(args):
-    from .kernel import Kernel
+    from .vm.kernel import Kernel
     kernel = Kernel.from_path(args.kernel) if args.kernel else Kernel.default()
     print(f"release: {kernel.release}\nimage: {kernel.image}\n"
           f"config: {kernel.config_path}\nmodules: {kernel.modules_dir}")
@@ -169,8 +169,8 @@ def cmd_kernel_show(args):
 def cmd_down(args):
     """Remove what harness runs left behind: guests of dead owners, or all with --all."""
     import libvirt
-    from .guest import DOMAIN_PREFIX, libvirt_conn, reap_stale_guests
-    from .hostnet import reap_stale_labs
+    from .vm.guest import DOMAIN_PREFIX, libvirt_conn, reap_stale_guests
+    from .lab.hostnet import reap_stale_labs
     removed = reap_stale_guests() + reap_stale_labs()
     if args.all:
         for dom in libvirt_conn().listAllDomains():
@@ -189,12 +189,12 @@ def cmd_down(args):
 def cmd_up(args):
     """Bring a lab up and run commands in it until end of input or Ctrl-C."""
     import readline  # noqa: F401  (line editing for input())
-    from .accel import resolve
-    from .guest import reap_stale_guests
-    from .hostnet import reap_stale_labs
-    from .images import build_initramfs
-    from .kernel import Kernel
-    from .lab import Lab
+    from .vm.accel import resolve
+    from .vm.guest import reap_stale_guests
+    from .lab.hostnet import reap_stale_labs
+    from .vm.images import build_initramfs
+    from .vm.kernel import Kernel
+    from .lab.lab import Lab
     kernel = Kernel.from_path(args.kernel) if args.kernel else Kernel.default()
     reap_stale_guests()
     reap_stale_labs()

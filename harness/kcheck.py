@@ -12,10 +12,10 @@ import dataclasses
 import io
 from pathlib import Path
 
-from .needs import Feature, Option, Version, expand, fragment, unmet
-from .util import HarnessError
+from .vm.needs import Feature, Option, Version, expand, fragment, unmet
+from .util import REPO, HarnessError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 @dataclasses.dataclass

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from .accel import resolve as resolve_accel
-from .guest import Guest, libvirt_conn, reap_stale_guests
-from .hostnet import reap_stale_labs
-from .images import build_initramfs
-from .kernel import Kernel
-from .lab import Lab
-from .needs import MissingKernelFeature, Version, unmet
+from .vm.accel import resolve as resolve_accel
+from .vm.guest import Guest, libvirt_conn, reap_stale_guests
+from .lab.hostnet import reap_stale_labs
+from .vm.images import build_initramfs
+from .vm.kernel import Kernel
+from .lab.lab import Lab
+from .vm.needs import MissingKernelFeature, Version, unmet
 from .util import HarnessError
 
 GUEST_DEFAULTS = {"vcpus": 2, "memory_mb": 512, "cmdline": ""}
@@ -307,7 +307,7 @@ def harness(pytestconfig) -> HarnessSession:
 
 @pytest.fixture(scope="session")
 def kernel(harness) -> Kernel:
-    return harness.kernel
+    return harness.vm.kernel
 
 
 def _guest_params(node) -> dict:
@@ -377,11 +377,11 @@ def lab(harness, _module_labs):
 
 @pytest.fixture
 def ab(harness, request):
-    """ab("pktgen_queue_xmit", base=k1, patched=k2, runs=5) -> harness.ab.Report
+    """ab("pktgen_queue_xmit", base=k1, patched=k2, runs=5) -> harness.measure.ab.Report
     (kernels default to the session's; *_options go to the workload's sample).
     JSON and PNG land in the run's log directory under ab/<test>/."""
-    from .ab import Side, run_ab
-    from .workloads import WORKLOADS
+    from .measure.ab import Side, run_ab
+    from .measure.workloads import WORKLOADS
 
     def run(workload, base: Kernel | None = None, patched: Kernel | None = None, *,
             base_options: dict | None = None, patched_options: dict | None = None, **kw):

@@ -54,6 +54,8 @@ def cache_dir() -> Path:
     return path
 
 
+# the repository: images/, topologies/, tests/ (the guests see it through 9p)
+REPO = Path(__file__).resolve().parent.parent
 RUN_ROOT = Path(os.environ.get("HARNESS_RUN_DIR", "/run/netdev-harness"))
 
 

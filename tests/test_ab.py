@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from harness.abstats import compare
+from harness.measure.abstats import compare
 from harness.cli import parse_sweep
-from harness.pktgen import Pktgen
+from harness.measure.pktgen import Pktgen
 from harness.util import HarnessError
-from harness.workloads import WORKLOADS
+from harness.measure.workloads import WORKLOADS
 
 
 def per_boot(rng, centre, n_boots=4, runs=5, sd=2.0):

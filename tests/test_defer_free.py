@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from harness.traffic import tcp_stream
+from harness.measure.traffic import tcp_stream
 
 NS = "dfsrv"
 

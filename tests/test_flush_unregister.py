@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from harness.backlog import (BACKLOG_NAPI, SEED_002, backlog_thread, backlog_threaded, hold_mid_round, max_backlog,
+from harness.measure.backlog import (BACKLOG_NAPI, SEED_002, backlog_thread, backlog_threaded, hold_mid_round, max_backlog,
                              pin, set_backlog_threaded)
-from harness.console import GuestError
-from harness.observe import cpu_times, snapshot, softnet
-from harness.rps import CpuHog, SteeredVeth
+from harness.vm.console import GuestError
+from harness.measure.observe import cpu_times, snapshot, softnet
+from harness.measure.rps import CpuHog, SteeredVeth
 
 DELETE_WITHIN_S = 10.0  # under TCG
 pytestmark = pytest.mark.needs(SteeredVeth, "CONFIG_NET_NS")

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from harness.console import CommandFailed, CommandTimeout
+from harness.vm.console import CommandFailed, CommandTimeout
 
 
 def test_boot_and_run_reports_the_kernel_release(guest, kernel):

@@ -11,9 +11,9 @@ import time
 import pytest
 from pyroute2 import IPRoute
 
-from harness.guest import libvirt_conn, reap_stale_guests
-from harness.hostnet import reap_stale_labs
-from harness.lab import Lab, LabError
+from harness.vm.guest import libvirt_conn, reap_stale_guests
+from harness.lab.hostnet import reap_stale_labs
+from harness.lab.lab import Lab, LabError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OURS = re.compile(r"^nh([0-9a-f]{4})")
@@ -181,7 +181,7 @@ def test_two_labs_side_by_side_and_a_killed_ones_leftovers_are_reaped(lab, pytes
 def test_each_guest_can_name_its_own_kernel(harness, tmp_path):
     """kernel: a path per guest (here the default kernel's image for one guest,
     the default for the other); a bad path fails before anything exists."""
-    image = harness.kernel.image
+    image = harness.vm.kernel.image
     path = tmp_path / "kernels.yaml"
     path.write_text(textwrap.dedent(f"""
         name: kernels

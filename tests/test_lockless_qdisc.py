@@ -6,9 +6,9 @@ what pktgen got in (sent) left the qdisc, what it could not (errors) the
 qdisc dropped."""
 import pytest
 
-from harness.console import CommandTimeout
-from harness.observe import snapshot
-from harness.pktgen import Pktgen
+from harness.vm.console import CommandTimeout
+from harness.measure.observe import snapshot
+from harness.measure.pktgen import Pktgen
 
 COUNT = 10_000  # per thread
 pytestmark = pytest.mark.needs(Pktgen, "CONFIG_NET_SCHED")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from harness.observe import snapshot
+from harness.measure.observe import snapshot
 
 CHANGES = 20
 

@@ -7,9 +7,9 @@ from pyroute2 import IPRoute
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from harness.observe import (MissingCounter, parse_cpu_list, parse_ethtool, parse_interrupts, parse_netdev,
+from harness.measure.observe import (MissingCounter, parse_cpu_list, parse_ethtool, parse_interrupts, parse_netdev,
                              parse_qdiscs, parse_softnet, parse_threads, snapshot)
-from harness.traffic import send_frames
+from harness.measure.traffic import send_frames
 
 # 13 columns: the 5.10-6.7 layout (6.1), written in its format; 15 columns:
 # real rows read on this host (6.18). A live guest (6.12) is parsed below.
@@ -83,7 +83,7 @@ def test_ethtool_queues_under_both_naming_schemes():
 def test_qdisc_delta_keeps_backlog_as_a_gauge():
     before = parse_qdiscs("eth0 mq 0: root 100 10 0 0 0 0 0\neth0 pfifo_fast 0: :1 100 10 0 0 0 0 0\n")
     after = parse_qdiscs("eth0 mq 0: root 300 30 2 0 1 64 1\neth0 pfifo_fast 0: :1 300 30 2 0 1 64 1\n")
-    from harness.observe import Snapshot
+    from harness.measure.observe import Snapshot
     d = Snapshot({}, {}, qdiscs=after) - Snapshot({}, {}, qdiscs=before)
     assert (d.qdisc("eth0").packets, d.qdisc("eth0").drops, d.qdisc("eth0").backlog) == (20, 2, 64)
     assert d.qdisc("eth0", ":1").kind == "pfifo_fast" and len(d.children("eth0")) == 1

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.images import module_load_order
-from harness.kernel import Kernel, image_release, parse_kconfig, KernelError
-from harness.splat import find_splats, opener
+from harness.vm.images import module_load_order
+from harness.vm.kernel import Kernel, image_release, parse_kconfig, KernelError
+from harness.vm.splat import find_splats, opener
 
 DATA = Path(__file__).parent / "data"
 
@@ -66,7 +66,7 @@ def test_ordinary_lines_are_not_splats(line):
 
 
 def test_a_drivers_own_warning_message_is_not_a_splat():
-    from harness.splat import opener
+    from harness.vm.splat import opener
     assert opener("[    4.29] pktgen: WARNING: Requested queue_map_min (1) exceeds valid range") is None
     assert opener("[   41.12] WARNING: CPU: 1 PID: 412 at net/core/dev.c:11468 x+0x6a1/0x8b0") == "warning"
     assert opener("WARNING: at net/core/dev.c:5000 y+0x1/0x2") == "warning"

@@ -10,10 +10,10 @@ from pyroute2 import IPRoute
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from harness.backlog import BACKLOG_NAPI
-from harness.observe import snapshot
-from harness.rps import CpuHog, SteeredVeth
-from harness.traffic import send_frames
+from harness.measure.backlog import BACKLOG_NAPI
+from harness.measure.observe import snapshot
+from harness.measure.rps import CpuHog, SteeredVeth
+from harness.measure.traffic import send_frames
 
 TUN_RING = Path(__file__).parent / "guest" / "tun_ring.py"
 

@@ -9,7 +9,7 @@ import sys
 import textwrap
 import xml.etree.ElementTree as ET
 
-from harness.guest import libvirt_conn, reap_stale_guests
+from harness.vm.guest import libvirt_conn, reap_stale_guests
 
 INNER = textwrap.dedent('''
     import time

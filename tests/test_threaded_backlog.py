@@ -14,11 +14,11 @@ import pytest
 
 import time
 
-from harness.backlog import (BACKLOG_NAPI, SEED_002, SEED_002_HINT, SYSCTL, backlog_thread, backlog_threaded,
+from harness.measure.backlog import (BACKLOG_NAPI, SEED_002, SEED_002_HINT, SYSCTL, backlog_thread, backlog_threaded,
                              backlog_threads, has_backlog_sysctl, hold_mid_round, max_backlog, pin,
                              set_backlog_threaded)
-from harness.observe import parse_cpu_list, snapshot, softnet
-from harness.rps import CpuHog, SteeredVeth
+from harness.measure.observe import parse_cpu_list, snapshot, softnet
+from harness.measure.rps import CpuHog, SteeredVeth
 
 N = 20_000
 pytestmark = pytest.mark.needs(SteeredVeth.NEEDS)

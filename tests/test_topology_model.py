@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.model import TopologyError, load
+from harness.lab.model import TopologyError, load
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "topologies").glob("*.yaml"))

@@ -6,9 +6,9 @@ import pytest
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from harness.observe import snapshot
-from harness.pktgen import Pktgen, PktgenError, parse_result
-from harness.traffic import Capture, http_load, parse_wrk, send_frames, tcp_stream
+from harness.measure.observe import snapshot
+from harness.measure.pktgen import Pktgen, PktgenError, parse_result
+from harness.measure.traffic import Capture, http_load, parse_wrk, send_frames, tcp_stream
 
 PKTGEN_RESULT = """Params: count 10000  min_pkt_size: 60  max_pkt_size: 60
 Current:

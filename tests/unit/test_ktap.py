@@ -2,7 +2,7 @@
 test's own reason, XFAIL, TIMEOUT."""
 from pathlib import Path
 
-from harness.ktap import parse, skip_reason, strip_prefixes, output_of
+from harness.ksft.ktap import parse, skip_reason, strip_prefixes, output_of
 
 SAMPLE = (Path(__file__).parent / "data" / "ksft-net-sample.tap").read_text()
 

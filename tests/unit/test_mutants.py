@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.mutants import Patch, PatchError, mutants, parse_equivalent
+from harness.catching.mutants import Patch, PatchError, mutants, parse_equivalent
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_002 = ROOT / "images/patches/0001-net-core-add-optional-threading-for-backlog-processing.patch"

@@ -1,13 +1,12 @@
 """Needs against kernels described by their config and modules (no guest)."""
-from pathlib import Path
 
 import pytest
 
 from harness.kcheck import check
-from harness.kernel import Kernel
-from harness.needs import Feature, Version, expand, fragment, option, unmet
-from harness.pktgen import Pktgen
-from harness.rps import SteeredVeth
+from harness.vm.kernel import Kernel
+from harness.vm.needs import Feature, Version, expand, fragment, option, unmet
+from harness.measure.pktgen import Pktgen
+from harness.measure.rps import SteeredVeth
 
 
 def kernel(tmp_path, config: str, modules=(), release="6.12.0") -> Kernel:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .splat import Splat, SplatScanner
-from .util import HarnessError
+from ..util import HarnessError
 
 HEADER = struct.Struct("<IIB3x")
 

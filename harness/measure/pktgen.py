@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from .needs import MissingKernelFeature, unmet
+from ..vm.needs import MissingKernelFeature, unmet
 from .observe import split_dump
-from .util import HarnessError
+from ..util import HarnessError
 
 XMIT_MODES = ("start_xmit", "queue_xmit", "netif_receive")
 _RESULT = re.compile(r"Result: OK: (\d+)\(c(\d+)\+d(\d+)\) usec, (\d+) \((\d+)byte,(\d+)frags\)\s+"

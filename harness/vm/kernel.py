@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .util import HarnessError, cache_dir, cmd
+from ..util import HarnessError, cache_dir, cmd
 
 DEFAULT_SERIES = "6.12"
 _IMAGE_PACKAGE = re.compile(r"^linux-image-(\d+\.\d+\.\d+)\+(\w+)-amd64-unsigned$")

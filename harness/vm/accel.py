@@ -14,7 +14,7 @@ import shutil
 
 import pexpect
 
-from .util import HarnessError, cache_dir
+from ..util import HarnessError, cache_dir
 
 QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
 PROBE_TIMEOUT_S = 60

@@ -17,7 +17,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from ..util import REPO
+
 log = logging.getLogger(__name__)
 
 
@@ -95,7 +96,7 @@ def run_selection(kernel, expr: str, *, deadline_s: float, log_dir: Path, accel:
             *(["-x"] if stop_at_first_failure else []), *extra_args]
     t0 = time.monotonic()
     with open(log_dir / "pytest.out", "w") as out:
-        child = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        child = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True)
         try:
             rc = child.wait(deadline_s)

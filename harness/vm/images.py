@@ -19,9 +19,9 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from .kernel import Kernel
-from .util import HarnessError, cache_dir, cmd
+from ..util import REPO, HarnessError, cache_dir, cmd
 
-GUEST_DIR = Path(__file__).resolve().parent.parent / "images" / "guest"
+GUEST_DIR = REPO / "images" / "guest"
 BUSYBOX = Path("/bin/busybox")
 QBOOT = "/usr/share/qemu/qboot.rom"
 # Programs a guest runs on most commands.  They and their libraries are put in

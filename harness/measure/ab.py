@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 
 from .abstats import PointStats, compare
-from .kernel import Kernel
-from .lab import Lab
-from .util import HarnessError
+from ..vm.kernel import Kernel
+from ..lab.lab import Lab
+from ..util import REPO, HarnessError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 class ABError(HarnessError):
@@ -145,7 +145,7 @@ def environment(base: Side, patched: Side, accel: str) -> dict:
             return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
         except (OSError, IndexError, subprocess.SubprocessError):
             return None
-    from .guest import libvirt_conn
+    from ..vm.guest import libvirt_conn
     lib = libvirt_conn().getLibVersion()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), None)
     return {

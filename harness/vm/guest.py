@@ -21,10 +21,9 @@ from .console import (AgentChannel, CommandFailed, ConsoleLog, GuestError, Job, 
 from .images import build_initramfs, domain_xml
 from .kernel import Kernel
 from .splat import Splat
-from .util import RUN_ROOT, HarnessError, run_dir, pid_alive
+from ..util import REPO, RUN_ROOT, HarnessError, pid_alive, run_dir
 
 DOMAIN_PREFIX = "harness"
-REPO = Path(__file__).resolve().parent.parent
 _DOMAIN_RE = re.compile(rf"^{DOMAIN_PREFIX}-(\d+)-")
 _marks = itertools.count(1)
 _libvirt_conn = None

@@ -9,7 +9,7 @@ Frames are built once (scapy) and sent through a raw packet socket so that
 the sender is not the bottleneck.  Streams and requests run real tools
 (iperf3, wrk) between any two endpoints with spawn(): guests, containers,
 host namespaces.  Everything is bounded in count or time.  In-guest packet
-generation is harness.pktgen.
+generation is harness.measure.pktgen.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import re
 import socket
 import time
 
-from .hostnet import in_netns_call
-from .util import HarnessError
+from ..lab.hostnet import in_netns_call
+from ..util import HarnessError
 
 
 class TrafficError(HarnessError):

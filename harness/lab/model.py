@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from .needs import QDISC_OPTIONS
-from .util import HarnessError
+from ..vm.needs import QDISC_OPTIONS
+from ..util import HarnessError
 
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")   # what the kernel accepts, minus '/' ':' space
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,11}$")  # guests, containers

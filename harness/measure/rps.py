@@ -18,7 +18,7 @@ import time
 
 from .observe import parse_cpu_list
 from .pktgen import Pktgen, PktgenResult, PktgenRun
-from .util import HarnessError
+from ..util import HarnessError
 
 
 class SteeredVeth:

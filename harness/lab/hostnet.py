@@ -22,8 +22,8 @@ import threading
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .console import CommandFailed, Result
-from .util import RUN_ROOT, HarnessError, pid_alive
+from ..vm.console import CommandFailed, Result
+from ..util import RUN_ROOT, HarnessError, pid_alive
 
 PREFIX = "nh"
 _OURS = re.compile(rf"^{PREFIX}([0-9a-f]{{4}})")
@@ -98,7 +98,7 @@ class HostNamespace:
     def dump(self, patterns: list[str]) -> "DoneJob":
         """Read the files matching glob ``patterns`` inside the namespace: the
         guest agent's own dump (Guest.dump), run on the host."""
-        from .images import build_agent
+        from ..vm.images import build_agent
         proc = subprocess.run([build_agent(), "--dump", self.name, *patterns], capture_output=True)
         return DoneJob(Result(proc.returncode, proc.stdout, proc.stderr))
 

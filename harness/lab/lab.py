@@ -19,12 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import model
-from .needs import MissingKernelFeature, unmet
-from .console import CommandFailed, Result
-from .guest import Guest
+from ..vm.needs import MissingKernelFeature, unmet
+from ..vm.console import CommandFailed, Result
+from ..vm.guest import Guest
 from .hostnet import HostNamespace, HostNet
-from .kernel import Kernel
-from .util import HarnessError
+from ..vm.kernel import Kernel
+from ..util import HarnessError
 
 VHOST_NET = "/dev/vhost-net"
 LAB_DIR = "/run/harness/lab"   # in the guest (tmpfs)

@@ -26,9 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .util import HarnessError, cache_dir, cmd
+from ..util import REPO, HarnessError, cache_dir, cmd
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 HARNESS_CONFIG = ROOT / "images" / "kconfig" / "harness.config"
 BUILDER_VERSION = "1"  # bump when the recipe below changes what it produces
 ARTIFACTS = {"arch/x86/boot/bzImage": "bzImage", ".config": ".config", "System.map": "System.map",
