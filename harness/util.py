@@ -2,36 +2,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 
 class HarnessError(Exception):
     """An error the user can act on; its message is the whole story."""
-
-
-class CommandFailed(HarnessError):
-    def __init__(self, argv, result):
-        self.argv = argv
-        self.result = result
-        super().__init__(
-            f"command failed (rc={result.returncode}): {' '.join(map(str, argv))}\n"
-            f"--- stdout ---\n{_text(result.stdout)[-4000:]}\n"
-            f"--- stderr ---\n{_text(result.stderr)[-4000:]}")
-
-
-def _text(b):
-    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
-
-
-def cmd(argv, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:
-    """Run a host command (argv list, never a shell), capturing text output."""
-    kw.setdefault("capture_output", True)
-    kw.setdefault("text", True)
-    result = subprocess.run(list(map(str, argv)), timeout=timeout, **kw)
-    if check and result.returncode != 0:
-        raise CommandFailed(argv, result)
-    return result
 
 
 def pid_alive(pid: int) -> bool:

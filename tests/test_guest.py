@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from harness.vm.console import CommandFailed, CommandTimeout
+from harness.endpoint import CommandFailed
+from harness.vm.console import CommandTimeout
 
 
 def test_boot_and_run_reports_the_kernel_release(guest, kernel):

@@ -22,7 +22,7 @@ import threading
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ..vm.console import CommandFailed, Result
+from ..endpoint import DoneJob, Endpoint, Result
 from ..util import RUN_ROOT, HarnessError, pid_alive
 
 PREFIX = "nh"
@@ -72,55 +72,35 @@ def _silence_ipv6(ifname: str):
         pass
 
 
-class HostNamespace:
+class HostNamespace(Endpoint):
     """A lab-owned network namespace on the host: a host "container"."""
 
-    def __init__(self, name: str, short: str):
-        self.name = name      # the real netns name (prefixed)
+    def __init__(self, netns: str, short: str):
+        self.netns = netns    # the real netns name (prefixed)
         self.short = short    # its name in the topology
-
-    def run(self, command: str, timeout: float = 60.0) -> Result:
-        proc = subprocess.run(["ip", "netns", "exec", self.name, "sh", "-c", command],
-                              capture_output=True, timeout=timeout)
-        return Result(proc.returncode, proc.stdout, proc.stderr)
-
-    def check(self, command: str, timeout: float = 60.0) -> Result:
-        result = self.run(command, timeout)
-        if result.rc != 0:
-            raise CommandFailed(f"host namespace {self.short}", command, result)
-        return result
+        self.name = f"host/{short}"
 
     def spawn(self, command: str) -> "HostJob":
         """Start ``command`` in the namespace; returns at once (like Guest.spawn)."""
-        return HostJob(subprocess.Popen(["ip", "netns", "exec", self.name, "sh", "-c", command],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        return HostJob(subprocess.Popen(["ip", "netns", "exec", self.netns, "sh", "-c", command],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE), self.name)
 
-    def dump(self, patterns: list[str]) -> "DoneJob":
+    def dump(self, patterns: list[str]) -> DoneJob:
         """Read the files matching glob ``patterns`` inside the namespace: the
         guest agent's own dump (Guest.dump), run on the host."""
         from ..vm.images import build_agent
-        proc = subprocess.run([build_agent(), "--dump", self.name, *patterns], capture_output=True)
+        proc = subprocess.run([build_agent(), "--dump", self.netns, *patterns], capture_output=True)
         return DoneJob(Result(proc.returncode, proc.stdout, proc.stderr))
 
     def __repr__(self):
-        return f"<HostNamespace {self.short} ({self.name})>"
-
-
-class DoneJob:
-    """A job that finished before it was returned."""
-
-    def __init__(self, result: Result):
-        self.result = result
-
-    def wait(self, timeout: float | None = None) -> Result:
-        return self.result
+        return f"<HostNamespace {self.short} ({self.netns})>"
 
 
 class HostJob:
     """A command running in a host namespace: the same wait() as a guest Job."""
 
-    def __init__(self, proc: subprocess.Popen):
-        self.proc = proc
+    def __init__(self, proc: subprocess.Popen, where: str = "host"):
+        self.proc, self.where = proc, where
 
     def wait(self, timeout: float | None = 60.0) -> Result:
         try:
@@ -128,7 +108,7 @@ class HostJob:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, err = self.proc.communicate()
-            raise HostNetError(f"host command timed out after {timeout}s: {self.proc.args}\n"
+            raise HostNetError(f"{self.where}: command timed out after {timeout}s: {self.proc.args}\n"
                                f"{out.decode(errors='replace')[-2000:]}") from None
         return Result(self.proc.returncode, out, err)
 
@@ -215,7 +195,7 @@ class HostNet:
         tmp_end = self.name(host_short + "x")
         self.ipr.link("add", ifname=host_end, kind="veth", peer=tmp_end)
         _silence_ipv6(host_end)
-        nsfd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
+        nsfd = os.open(f"/run/netns/{ns.netns}", os.O_RDONLY)
         try:
             self.ipr.link("set", index=self._index(tmp_end), net_ns_fd=nsfd)
         finally:
@@ -235,11 +215,11 @@ class HostNet:
                 ipr.addr("add", index=index, address=ip, prefixlen=int(prefix))
             ipr.link("set", index=index, state="up")
 
-        in_netns(ns.name, inside)
+        in_netns(ns.netns, inside)
         return host_end
 
     def add_route(self, ns: HostNamespace, to: str, via: str):
-        in_netns(ns.name, lambda ipr: ipr.route(
+        in_netns(ns.netns, lambda ipr: ipr.route(
             "add", dst="0.0.0.0/0" if to == "default" else to, gateway=via))
 
     def sysctl(self, ns_name: str, key: str, value: str):

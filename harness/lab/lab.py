@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import model
 from ..vm.needs import MissingKernelFeature, unmet
-from ..vm.console import CommandFailed, Result
+from ..endpoint import Endpoint
 from ..vm.guest import Guest
 from .hostnet import HostNamespace, HostNet
 from ..vm.kernel import Kernel
@@ -34,35 +34,27 @@ class LabError(HarnessError):
     pass
 
 
-class Container:
+class Container(Endpoint):
     """A network namespace inside a guest."""
 
     NEEDS = ("CONFIG_NET_NS", "CONFIG_VETH")
 
-    def __init__(self, guest: Guest, name: str):
+    def __init__(self, guest: Guest, netns: str):
         self.guest = guest
-        self.name = name
+        self.netns = netns
+        self.name = f"{guest.name}/{netns}"
 
     def _wrap(self, command: str) -> str:
-        return f"ip netns exec {shlex.quote(self.name)} sh -c {shlex.quote(command)}"
-
-    def run(self, command: str, timeout: float = 60.0) -> Result:
-        return self.guest.run(self._wrap(command), timeout)
-
-    def check(self, command: str, timeout: float = 60.0) -> Result:
-        result = self.run(command, timeout)
-        if result.rc != 0:
-            raise CommandFailed(f"{self.guest.name}/{self.name}", command, result)
-        return result
+        return f"ip netns exec {shlex.quote(self.netns)} sh -c {shlex.quote(command)}"
 
     def spawn(self, command: str):
         return self.guest.spawn(self._wrap(command))
 
     def dump(self, patterns: list[str]):
-        return self.guest.dump(patterns, netns=self.name)
+        return self.guest.dump(patterns, netns=self.netns)
 
     def __repr__(self):
-        return f"<Container {self.guest.name}/{self.name}>"
+        return f"<Container {self.name}>"
 
 
 def _mac(lab_id: str, guest_index: int, nic_index: int) -> str:
@@ -217,7 +209,7 @@ class Lab:
             for route in ns_spec.routes:
                 host.add_route(ns, route.to, route.via)
             if ns_spec.forwarding:
-                host.sysctl(ns.name, "net.ipv4.ip_forward", "1")
+                host.sysctl(ns.netns, "net.ipv4.ip_forward", "1")
         return interfaces
 
     def _kernel_for(self, spec: model.Guest) -> Kernel:
@@ -409,7 +401,7 @@ class Lab:
         for tap, host_tap in self.taps.items():
             lines.append(f"  tap {tap}: {host_tap} ({self.backends[tap]})")
         for name, ns in self.host_namespaces.items():
-            lines.append(f"  host namespace {name}: {ns.name}")
+            lines.append(f"  host namespace {name}: {ns.netns}")
         for spec in self.topology.guests:
             for c in spec.containers:
                 lines.append(f"  container {spec.name}/{c.name}")

@@ -8,13 +8,13 @@ images/guest/agent.c).  Exact exit codes and bytes, several jobs at once.
 """
 from __future__ import annotations
 
-import dataclasses
 import socket
 import struct
 import threading
 import time
 from pathlib import Path
 
+from ..endpoint import Result, _tail
 from .splat import Splat, SplatScanner
 from ..util import HarnessError
 
@@ -40,17 +40,6 @@ class SplatDuringCommand(GuestError):
     def __init__(self, message: str, splat: Splat):
         self.splat = splat
         super().__init__(message)
-
-
-class CommandFailed(GuestError):
-    def __init__(self, where, command, result):
-        self.result = result
-        super().__init__(f"{where}: command failed (rc={result.rc}): {command}\n"
-                         f"--- stdout ---\n{_tail(result.stdout)}\n--- stderr ---\n{_tail(result.stderr)}")
-
-
-def _tail(text: str, n: int = 3000) -> str:
-    return text if len(text) <= n else "[...]" + text[-n:]
 
 
 def connect_unix(path: Path, timeout: float = 10.0) -> socket.socket:
@@ -182,25 +171,6 @@ class ConsoleLog:
             pass
         self._thread.join(timeout=5)
         self._sock.close()
-
-
-@dataclasses.dataclass
-class Result:
-    rc: int
-    stdout_bytes: bytes
-    stderr_bytes: bytes
-
-    @property
-    def stdout(self) -> str:
-        return self.stdout_bytes.decode(errors="replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_bytes.decode(errors="replace")
-
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0
 
 
 class Job:

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from .console import (AgentChannel, CommandFailed, ConsoleLog, GuestError, Job, Result,
-                      connect_unix)
+from ..endpoint import Endpoint
+from .console import AgentChannel, ConsoleLog, GuestError, Job, connect_unix
 from .images import build_initramfs, domain_xml
 from .kernel import Kernel
 from .splat import Splat
@@ -92,7 +92,7 @@ def _lpj(kernel: Kernel) -> str:
     return f"lpj={int(mhz * 1e6 / hz)}"
 
 
-class Guest:
+class Guest(Endpoint):
     """A running guest.  Use as a context manager or call start()/stop()."""
 
     def __init__(self, name: str, kernel: Kernel, *, vcpus: int = 2, memory_mb: int = 512,
@@ -232,21 +232,12 @@ class Guest:
             raise GuestError(f"{self.name}: not started")
         return self.agent.start(command)
 
-    def run(self, command: str, timeout: float = 60.0) -> Result:
-        return self.spawn(command).wait(timeout)
-
     def dump(self, patterns: list[str], netns: str = "") -> Job:
         """Start reading the files matching glob ``patterns`` (in network
         namespace ``netns``) without starting a program; see read_files()."""
         if self.agent is None:
             raise GuestError(f"{self.name}: not started")
         return self.agent.start("\n".join([netns, *patterns]), kind=b"D")
-
-    def check(self, command: str, timeout: float = 60.0) -> Result:
-        result = self.run(command, timeout)
-        if result.rc != 0:
-            raise CommandFailed(self.name, command, result)
-        return result
 
     def ask(self, probe: str) -> bool:
         """Whether a shell test holds in this guest, asked once per guest

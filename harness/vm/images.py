@@ -19,7 +19,8 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from .kernel import Kernel
-from ..util import REPO, HarnessError, cache_dir, cmd
+from ..endpoint import cmd
+from ..util import REPO, HarnessError, cache_dir
 
 GUEST_DIR = REPO / "images" / "guest"
 BUSYBOX = Path("/bin/busybox")

@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..util import REPO, HarnessError, cache_dir, cmd
+from ..endpoint import cmd
+from ..util import REPO, HarnessError, cache_dir
 
 ROOT = REPO
 HARNESS_CONFIG = ROOT / "images" / "kconfig" / "harness.config"

@@ -18,7 +18,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..util import HarnessError, cache_dir, cmd
+from ..endpoint import cmd
+from ..util import HarnessError, cache_dir
 
 DEFAULT_SERIES = "6.12"
 _IMAGE_PACKAGE = re.compile(r"^linux-image-(\d+\.\d+\.\d+)\+(\w+)-amd64-unsigned$")

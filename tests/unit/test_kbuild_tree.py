@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import kbuild
+from harness.vm import kbuild
 
 MAKEFILE = r'''
 SRCS := $(wildcard net/*.c)
