@@ -111,11 +111,8 @@ def parse_sweep(text: str | None, workload) -> list | None:
 def cmd_ab(args):
     import time
     from pathlib import Path
+    from .env import prepare
     from .measure.ab import Side, run_ab
-    from .vm.accel import resolve
-    from .vm.guest import reap_stale_guests
-    from .lab.hostnet import reap_stale_labs
-    from .vm.images import build_initramfs
     from .measure.workloads import WORKLOADS
     workload = WORKLOADS.get(args.workload)
     if workload is None:
@@ -123,9 +120,7 @@ def cmd_ab(args):
     sweep = parse_sweep(args.sweep, workload)
     pin = [int(c) for c in args.pin.split(",")] if args.pin else None
     base, patched = _kernel(args.base), _kernel(args.patched)
-    accel = resolve(args.accel, base, build_initramfs(base))
-    reap_stale_guests()
-    reap_stale_labs()
+    accel = prepare(base, args.accel)
     out = Path(args.out or f"logs/ab-{time.strftime('%Y%m%d-%H%M%S')}-{workload.name}")
     report = run_ab(workload, Side("base", base), Side("patched", patched), boots=args.boots, runs=args.runs,
                     warmup=args.warmup, sweep=sweep, topology=args.topology, accel=accel, log_dir=out / "logs",
@@ -189,16 +184,11 @@ def cmd_down(args):
 def cmd_up(args):
     """Bring a lab up and run commands in it until end of input or Ctrl-C."""
     import readline  # noqa: F401  (line editing for input())
-    from .vm.accel import resolve
-    from .vm.guest import reap_stale_guests
-    from .lab.hostnet import reap_stale_labs
-    from .vm.images import build_initramfs
-    from .vm.kernel import Kernel
+    from .env import prepare
     from .lab.lab import Lab
+    from .vm.kernel import Kernel
     kernel = Kernel.from_path(args.kernel) if args.kernel else Kernel.default()
-    reap_stale_guests()
-    reap_stale_labs()
-    accel = resolve(args.accel, kernel, build_initramfs(kernel))
+    accel = prepare(kernel, args.accel)
     lab = Lab.from_yaml(args.topology, kernel=kernel, accel=accel)
     print(f"bringing up {args.topology} ({accel})...")
     with lab:

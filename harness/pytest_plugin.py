@@ -17,10 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from .vm.accel import resolve as resolve_accel
-from .vm.guest import Guest, libvirt_conn, reap_stale_guests
-from .lab.hostnet import reap_stale_labs
-from .vm.images import build_initramfs
+from .env import prepare
+from .vm.guest import Guest
 from .vm.kernel import Kernel
 from .lab.lab import Lab
 from .vm.needs import MissingKernelFeature, Version, unmet
@@ -97,14 +95,7 @@ class HarnessSession:
         pytest.exit(f"harness: {self.ready_error}", returncode=3)
 
     def _check(self):
-        if os.geteuid() != 0:
-            raise HarnessError("guests need root (libvirt qemu:///system, taps, namespaces): "
-                               "run pytest as root")
-        libvirt_conn()
-        reap_stale_guests()
-        reap_stale_labs()
-        initrd = build_initramfs(self.kernel)
-        self.accel = resolve_accel(self.config.getoption("accel"), self.kernel, initrd)
+        self.accel = prepare(self.kernel, self.config.getoption("accel"))
         self._owner = os.getpid()
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)

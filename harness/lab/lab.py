@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import model
+from . import model, render
 from ..vm.needs import MissingKernelFeature, unmet
 from ..endpoint import Endpoint
 from ..vm.guest import Guest
@@ -27,7 +27,6 @@ from ..vm.kernel import Kernel
 from ..util import HarnessError
 
 VHOST_NET = "/dev/vhost-net"
-LAB_DIR = "/run/harness/lab"   # in the guest (tmpfs)
 
 
 class LabError(HarnessError):
@@ -59,21 +58,6 @@ class Container(Endpoint):
 
 def _mac(lab_id: str, guest_index: int, nic_index: int) -> str:
     return f"52:54:{lab_id[:2]}:{lab_id[2:4]}:{guest_index:02x}:{nic_index:02x}"
-
-
-def _nginx_conf(directory: str, workers: int, proxy_to: str | None) -> str:
-    if proxy_to:
-        target = proxy_to if ":" in proxy_to else f"{proxy_to}:80"
-        site = (f"upstream backend {{ server {target}; keepalive 64; }}\n"
-                "  server { listen 80 reuseport; location / { proxy_pass http://backend; "
-                "proxy_http_version 1.1; proxy_set_header Connection \"\"; } }")
-    else:
-        site = "server { listen 80 reuseport; location / { return 200 \"ok\\n\"; } }"
-    temp = " ".join(f"{k}_temp_path {directory}/{k};" for k in
-                    ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return (f"user root;\nworker_processes {workers};\npid {directory}/nginx.pid;\n"
-            f"error_log {directory}/error.log;\nevents {{ worker_connections 4096; }}\n"
-            f"http {{\n  access_log off;\n  default_type text/plain;\n  {temp}\n  {site}\n}}\n")
 
 
 class Lab:
@@ -192,11 +176,8 @@ class Lab:
                 self.taps[nic.tap] = tap
                 vhost = nic.vhost == "on" or (nic.vhost == "auto" and os.path.exists(VHOST_NET))
                 self.backends[nic.tap] = "vhost" if vhost else "userspace"
-                driver = f"<driver name='{'vhost' if vhost else 'qemu'}' queues='{nic.queues}'/>"
-                interfaces[spec.name].append(
-                    f"<interface type='ethernet'><mac address='{self._mac(gi, ni, nic)}'/>"
-                    f"<target dev='{tap}' managed='no'/><model type='virtio'/>{driver}"
-                    f"<mtu size='{nic.mtu}'/></interface>")
+                interfaces[spec.name].append(render.nic_xml(tap=tap, mac=self._mac(gi, ni, nic), queues=nic.queues,
+                                                            vhost=vhost, mtu=nic.mtu))
         for ns_spec in topo.host:
             ns = host.add_namespace(ns_spec.name)
             self.host_namespaces[ns_spec.name] = ns
@@ -263,94 +244,8 @@ class Lab:
     # -- inside a guest ----------------------------------------------------------------
     def _configure_guest(self, spec: model.Guest):
         gi = self.topology.guests.index(spec)
-        q = shlex.quote
-        lines = ["set -e"]
-        for ni, nic in enumerate(spec.nics):
-            dev, mac = f"eth{ni}", self._mac(gi, ni, nic)
-            lines += [
-                f"d=$(grep -lx {q(mac)} /sys/class/net/*/address | cut -d/ -f5)",
-                f'[ "$d" = {dev} ] || ip link set dev "$d" name {dev}',
-                f"ip link set dev {dev} mtu {nic.mtu}",
-            ]
-            if nic.queues > 1:
-                lines.append(f"ethtool -L {dev} combined {nic.queues}")
-            if nic.address:
-                lines.append(f"ip addr add {q(nic.address)} dev {dev}")
-            lines.append(f"ip link set dev {dev} up")
-            for queue, mask in nic.rps.items():
-                lines.append(f"echo {q(mask)} > /sys/class/net/{dev}/queues/rx-{queue}/rps_cpus")
-        for key, value in spec.sysctls.items():
-            lines.append(f"sysctl -qw {q(f'{key}={value}')}")
-        for route in spec.routes:
-            lines.append(f"ip route add {q(route.to)} via {q(route.via)}")
-        lines += self._container_lines(spec)
-        self.guests[spec.name].check("\n".join(lines), timeout=120)
-
-    def _container_lines(self, spec: model.Guest) -> list[str]:
-        """Shell lines building the guest's containers.  Commands are batched
-        (ip -batch, tc -batch: one exec per namespace instead of one per
-        command, ~40 ms each under TCG)."""
-        q = shlex.quote
-        if not spec.containers:
-            return []
-        root: list[str] = [f"netns add {c.name}" for c in spec.containers]
-        ip_in = {c.name: ["link set lo up"] for c in spec.containers}
-        tc_in: dict[str, list[str]] = {c.name: [] for c in spec.containers}
-        sysctls = {c.name: ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
-                   for c in spec.containers}
-        guest_side: list[str] = []
-
-        def configure(ns, end):
-            if end.address:
-                ip_in[ns].append(f"addr add {end.address} dev {end.name}")
-            if end.qdisc:
-                tc_in[ns].append(f"qdisc replace dev {end.name} root {end.qdisc}")
-            ip_in[ns].append(f"link set {end.name} up")
-
-        made = set()
-        for c in spec.containers:
-            for li, link in enumerate(c.links):
-                kind, _, target = link.peer.partition(":")
-                if kind == "container":
-                    pair = frozenset((c.name, target))
-                    if pair in made:
-                        continue
-                    made.add(pair)
-                    other = next(l for l in spec_container(spec, target).links
-                                 if l.peer == f"container:{c.name}")
-                    root.append(f"link add {link.name} netns {c.name} type veth "
-                                f"peer name {other.name} netns {target}")
-                    configure(c.name, link)
-                    configure(target, other)
-                elif kind == "guest":
-                    outside = f"v{c.name}{li}"[:15]
-                    root.append(f"link add {link.name} netns {c.name} type veth peer name {outside}")
-                    configure(c.name, link)
-                    if link.peer_address:
-                        guest_side.append(f"addr add {link.peer_address} dev {outside}")
-                    guest_side.append(f"link set {outside} up")
-            for route in c.routes:
-                ip_in[c.name].append(f"route add {route.to} via {route.via}")
-            if c.forwarding:
-                sysctls[c.name].append("net.ipv4.ip_forward=1")
-
-        def batch(tool, lines):  # names are validated by the model: no quoting needed inside
-            return f"{tool} -batch - <<'EOF'\n" + "\n".join(lines) + "\nEOF"
-
-        out = [batch("ip", root + guest_side)]
-        for c in spec.containers:
-            out.append(batch(f"ip -n {q(c.name)}", ip_in[c.name]))
-            if tc_in[c.name]:
-                out.append(batch(f"tc -n {q(c.name)}", tc_in[c.name]))
-            out.append(f"ip netns exec {q(c.name)} sysctl -qw " + " ".join(map(q, sysctls[c.name])))
-            if c.http_server or c.http_proxy:
-                directory = f"{LAB_DIR}/{c.name}"
-                conf = _nginx_conf(directory, spec.vcpus, c.http_proxy)
-                out += [f"mkdir -p {q(directory)}",
-                        f"printf '%s' {q(conf)} > {q(directory + '/nginx.conf')}",
-                        f"ip netns exec {q(c.name)} nginx -e {q(directory + '/error.log')} "
-                        f"-c {q(directory + '/nginx.conf')}"]
-        return out
+        macs = [self._mac(gi, ni, nic) for ni, nic in enumerate(spec.nics)]
+        self.guests[spec.name].check(render.guest_setup(spec, macs), timeout=120)
 
     # -- reachability ---------------------------------------------------------------------
     def endpoints(self) -> dict[str, list[tuple[object, str]]]:
@@ -406,7 +301,3 @@ class Lab:
             for c in spec.containers:
                 lines.append(f"  container {spec.name}/{c.name}")
         return "\n".join(lines)
-
-
-def spec_container(spec: model.Guest, name: str) -> model.Namespace:
-    return next(c for c in spec.containers if c.name == name)

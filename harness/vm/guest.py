@@ -92,6 +92,25 @@ def _lpj(kernel: Kernel) -> str:
     return f"lpj={int(mhz * 1e6 / hz)}"
 
 
+def kernel_cmdline(*, name: str, accel: str, lpj: str = "", modules: str = "", venv: str = "",
+                   keep: list[str] = (), extra: str = "") -> list[str]:
+    """A guest's kernel command line, one argument per item (joined once,
+    by the caller): the console, quiet panics, what stage 1 needs
+    (harness.*: the guest's name, its modules, the host venv and the host
+    paths tmpfs must not hide), and the caller's own arguments last."""
+    args = ["console=ttyS0,115200", "loglevel=5", "panic=-1", "mitigations=off"]
+    if lpj:
+        args.append(lpj)
+    if accel == "tcg":
+        # an idle vCPU whose one-shot timer wakeup is lost never wakes again
+        # under TCG (seen as an RCU stall with the vCPU halted); with a
+        # periodic tick the next tick recovers it
+        args.append("nohz=off")
+    args += [f"harness.name={name}", f"harness.modules={modules}", f"harness.venv={venv}",
+             "harness.keep=" + ",".join(dict.fromkeys(p for p in keep if p))]
+    return args + extra.split()
+
+
 class Guest(Endpoint):
     """A running guest.  Use as a context manager or call start()/stop()."""
 
@@ -123,16 +142,10 @@ class Guest(Endpoint):
     # -- lifecycle ------------------------------------------------------------
     @property
     def cmdline(self) -> str:
-        modules = self.kernel.modules_dir or ""
+        modules = str(self.kernel.modules_dir or "")
         venv = sys.prefix if sys.prefix != sys.base_prefix else ""
-        keep = ",".join(dict.fromkeys(str(p) for p in (REPO, venv, modules) if p))
-        # nohz=off under TCG: an idle vCPU whose one-shot timer wakeup is lost
-        # never wakes again (seen as an RCU stall with the vCPU halted); with a
-        # periodic tick the next tick recovers it.
-        tcg = " nohz=off" if self.accel == "tcg" else ""
-        return (f"console=ttyS0,115200 loglevel=5 panic=-1 mitigations=off {_lpj(self.kernel)}{tcg}"
-                f"harness.name={self.name} harness.modules={modules} harness.venv={venv} "
-                f"harness.keep={keep} {self.extra_cmdline}").strip()
+        return " ".join(kernel_cmdline(name=self.name, accel=self.accel, lpj=_lpj(self.kernel), modules=modules,
+                                       venv=venv, keep=[str(REPO), venv, modules], extra=self.extra_cmdline))
 
     def start(self) -> "Guest":
         import libvirt

@@ -1,0 +1,66 @@
+"""Renderers are pure functions: their output for known inputs, as golden text."""
+from harness.vm.guest import kernel_cmdline
+
+
+def test_kernel_cmdline_under_tcg_keeps_every_argument_apart():
+    args = kernel_cmdline(name="g1-abcd", accel="tcg", lpj="lpj=10000000", modules="/m", venv="/v",
+                          keep=["/repo", "/v", "/m", ""], extra="thread_backlog_napi  harness.test=x")
+    assert args == ["console=ttyS0,115200", "loglevel=5", "panic=-1", "mitigations=off", "lpj=10000000",
+                    "nohz=off", "harness.name=g1-abcd", "harness.modules=/m", "harness.venv=/v",
+                    "harness.keep=/repo,/v,/m", "thread_backlog_napi", "harness.test=x"]
+
+
+def test_kernel_cmdline_under_kvm_has_no_periodic_tick_and_no_lpj_when_unknown():
+    args = kernel_cmdline(name="g", accel="kvm")
+    assert "nohz=off" not in args and not any(a.startswith("lpj=") for a in args)
+    assert "harness.name=g" in args
+
+
+# -- lab renderers -----------------------------------------------------------
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from harness.lab import model, render  # noqa: E402
+from harness.vm.images import domain_xml  # noqa: E402
+
+GOLDEN = Path(__file__).parent / "golden"
+TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
+
+
+def golden(name: str, text: str):
+    """Compare with golden/<name>; HARNESS_REGOLD=1 rewrites it (review the diff)."""
+    import os
+    path = GOLDEN / name
+    if os.environ.get("HARNESS_REGOLD"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} changed; if on purpose, HARNESS_REGOLD=1 and review the diff"
+
+
+def test_guest_setup_script_of_proxy_hops():
+    topo = model.load(TOPOLOGIES / "proxy-hops.yaml")
+    g1 = topo.guest("g1")
+    golden("proxy-hops.g1.setup.sh", render.guest_setup(g1, ["52:54:00:00:00:01"][:len(g1.nics)]) + "\n")
+
+
+def test_guest_setup_script_of_single_mq():
+    topo = model.load(TOPOLOGIES / "single-mq.yaml")
+    g1 = topo.guest("g1")
+    golden("single-mq.g1.setup.sh", render.guest_setup(g1, ["52:54:00:00:00:01"]) + "\n")
+
+
+def test_nic_xml():
+    golden("nic.xml", render.nic_xml(tap="nh1a2bt0", mac="52:54:1a:2b:00:00", queues=2, vhost=False, mtu=1500) + "\n")
+
+
+def test_nginx_conf_server_and_proxy():
+    golden("nginx.conf", render.nginx_conf("/run/harness/lab/server", 2, None)
+           + render.nginx_conf("/run/harness/lab/proxy", 2, "10.77.2.2"))
+
+
+def test_domain_xml():
+    kernel = SimpleNamespace(boot_image=Path("/k/vmlinux"), pvh=False)
+    golden("domain.xml", domain_xml(name="harness-1-g1", kernel=kernel, initrd=Path("/c/i.cpio"),
+                                    cmdline="console=ttyS0 harness.name=g1", vcpus=2, memory_mb=512, accel="tcg",
+                                    console_sock=Path("/run/x/console.sock"), agent_sock=Path("/run/x/agent.sock"),
+                                    interfaces=[render.nic_xml(tap="t", mac="52:54:00:00:00:01", queues=1,
+                                                               vhost=False, mtu=1500)]))
