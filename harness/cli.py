@@ -124,8 +124,7 @@ def cmd_ab(args):
     out = Path(args.out or f"logs/ab-{time.strftime('%Y%m%d-%H%M%S')}-{workload.name}")
     report = run_ab(workload, Side("base", base), Side("patched", patched), boots=args.boots, runs=args.runs,
                     warmup=args.warmup, sweep=sweep, topology=args.topology, accel=accel, log_dir=out / "logs",
-                    pin=pin, alpha=args.alpha, min_effect_pct=args.min_effect,
-                    progress=lambda m: print(m, file=sys.stderr, flush=True))
+                    pin=pin, alpha=args.alpha, min_effect_pct=args.min_effect)
     print(report.table())
     for path in report.write(out):
         print(f"wrote {path}")

@@ -46,8 +46,10 @@ class CheckReport:
 
     def table(self) -> str:
         k = self.kernel
+        config = k.config_path or ("embedded (CONFIG_IKCONFIG)" if k.config_known
+                                   else "unknown: asked of each guest at run time")
         lines = [f"kernel {k.release}: {k.image}",
-                 f"  config: {k.config_path or ('embedded (CONFIG_IKCONFIG)' if k.config_known else 'unknown: asked of each guest at run time')}",
+                 f"  config: {config}",
                  f"  modules: {k.modules_dir or 'none found'}", ""]
         for title, key in (("behaviour", lambda v: v.behaviour), ("test file", lambda v: v.nodeid.split("::")[0])):
             groups = self._groups(key)

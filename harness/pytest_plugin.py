@@ -380,7 +380,7 @@ def ab(harness, request):
         out = harness.log_dir / "ab" / re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)
         report = run_ab(wl, Side("base", base or harness.kernel, base_options or {}),
                         Side("patched", patched or harness.kernel, patched_options or {}),
-                        accel=harness.accel, log_dir=out / "logs", progress=lambda m: None, **kw)
+                        accel=harness.accel, log_dir=out / "logs", **kw)
         report.write(out)
         return report
 

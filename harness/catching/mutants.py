@@ -212,7 +212,8 @@ def _blank_comments(line: str, in_comment: bool) -> tuple[str, bool]:
     return "".join(out), in_comment
 
 
-_HEADER = re.compile(r"^(?:else\s+)?(if|while|for|switch)\s*\(|^(\w*for_each\w*|list_for_each\w*|skb_queue_walk\w*)\s*\(")
+_HEADER = re.compile(r"^(?:else\s+)?(if|while|for|switch)\s*\("
+                     r"|^(\w*for_each\w*|list_for_each\w*|skb_queue_walk\w*)\s*\(")
 
 
 def statements(fp: FilePatch) -> list[Statement]:

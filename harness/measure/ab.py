@@ -17,6 +17,7 @@ min_effect_pct, and the spread within and between boots.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import hashlib
 import json
 import os
@@ -32,6 +33,9 @@ from ..lab.lab import Lab
 from ..util import REPO, HarnessError
 
 ROOT = REPO
+
+
+log = logging.getLogger(__name__)
 
 
 class ABError(HarnessError):
@@ -119,7 +123,8 @@ class Report:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        labels = (f"{self.base.label}\n{self.base.kernel.release}", f"{self.patched.label}\n{self.patched.kernel.release}")
+        labels = (f"{self.base.label}\n{self.base.kernel.release}",
+                  f"{self.patched.label}\n{self.patched.kernel.release}")
         fig, axes = plt.subplots(1, len(self.stats), figsize=(3.2 * len(self.stats) + 1, 4.2), squeeze=False)
         for ax, s in zip(axes[0], self.stats):
             for x, side in enumerate(("base", "patched")):
@@ -164,7 +169,7 @@ def _sha(path) -> str | None:
 
 
 def measure_boot(workload, side: Side, topology: Path, *, runs: int, warmup: int, sweep: list, accel: str,
-                  log_dir: Path, pin: list[int] | None = None, progress=print) -> tuple[dict, float]:
+                  log_dir: Path, pin: list[int] | None = None) -> tuple[dict, float]:
     """One boot: a fresh lab of ``topology`` on the side's kernel, ``warmup``
     discarded runs, then ``runs`` measured ones at every sweep point.
     Returns ({point: [values]}, seconds the workload itself ran)."""
@@ -182,7 +187,7 @@ def measure_boot(workload, side: Side, topology: Path, *, runs: int, warmup: int
                 if r >= warmup:
                     got[point].append(value)
                     workload_s += seconds
-                progress(f"ab:   {'warm-up' if r < warmup else f'run {r - warmup + 1}/{runs}'} "
+                log.info(f"ab:   {'warm-up' if r < warmup else f'run {r - warmup + 1}/{runs}'} "
                          f"{workload.sweep_name + '=' + str(point) if workload.sweep_name else ''}"
                          f" {value:.4g} {workload.metric}")
     finally:
@@ -192,7 +197,7 @@ def measure_boot(workload, side: Side, topology: Path, *, runs: int, warmup: int
 
 def run_ab(workload, base: Side, patched: Side, *, boots: int = 3, runs: int = 5, warmup: int = 1, sweep=None,
            topology=None, accel: str = "tcg", log_dir=None, pin: list[int] | None = None,
-           alpha: float = 0.05, min_effect_pct: float = 2.0, progress=print) -> Report:
+           alpha: float = 0.05, min_effect_pct: float = 2.0) -> Report:
     """``boots`` fresh labs per side, alternating sides, each measured
     ``runs`` times after ``warmup`` discarded runs; see the module doc."""
     if boots < 2:
@@ -207,9 +212,9 @@ def run_ab(workload, base: Side, patched: Side, *, boots: int = 3, runs: int = 5
     for i in range(boots):
         # A B, B A, A B ...: a linear drift of the host cancels out
         for side in ((base, patched) if i % 2 == 0 else (patched, base)):
-            progress(f"ab: boot {i + 1}/{boots} of {side.label} ({side.kernel.release}): bringing up {topo.name}")
+            log.info(f"ab: boot {i + 1}/{boots} of {side.label} ({side.kernel.release}): bringing up {topo.name}")
             got, seconds = measure_boot(workload, side, topo, runs=runs, warmup=warmup, sweep=sweep, accel=accel,
-                                        log_dir=log_dir / side.label / f"boot{i + 1}", pin=pin, progress=progress)
+                                        log_dir=log_dir / side.label / f"boot{i + 1}", pin=pin)
             workload_s += seconds
             for point in sweep:
                 samples[point]["base" if side is base else "patched"].append(got[point])

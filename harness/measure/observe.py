@@ -22,6 +22,8 @@ import dataclasses
 import fnmatch
 import re
 
+from ..util import HarnessError
+
 # /proc/net/softnet_stat columns, in order, by kernel version: 11 columns
 # before 5.10, 13 from 5.10 (backlog_len, cpu), 15 from 6.9 (input_qlen,
 # process_qlen).  None marks columns the kernel prints as 0.
@@ -39,6 +41,10 @@ DEFAULT_SYSCTLS = ("net.core.netdev_max_backlog", "net.core.backlog_threaded",
 
 class MissingCounter(AttributeError):
     pass
+
+
+class ObserveError(HarnessError):
+    """A snapshot could not be read."""
 
 
 # --- softnet_stat -----------------------------------------------------------
@@ -370,7 +376,7 @@ def snapshot(where, threads=DEFAULT_THREADS, sysctls=DEFAULT_SYSCTLS, timeout: f
     result = where.dump([*PROCFS_FILES, "@ethtool", "@qdisc", "@threads " + " ".join(threads),
                          *("/proc/sys/" + s.replace(".", "/") for s in sysctls)]).wait(timeout)
     if result.rc != 0:
-        raise RuntimeError(f"snapshot of {where!r} failed (rc {result.rc}): {result.stderr[-2000:]}")
+        raise ObserveError(f"snapshot of {where!r} failed (rc {result.rc}): {result.stderr[-2000:]}")
     return parse_snapshot(split_dump(result.stdout))
 
 
@@ -382,7 +388,7 @@ def softnet(where, timeout: float = 30.0) -> dict[int, SoftnetRow]:
     """/proc/net/softnet_stat alone, by CPU (online CPUs only)."""
     result = where.dump(["/proc/net/softnet_stat"]).wait(timeout)
     if result.rc != 0:
-        raise RuntimeError(f"reading softnet_stat of {where!r} failed: {result.stderr[-2000:]}")
+        raise ObserveError(f"reading softnet_stat of {where!r} failed: {result.stderr[-2000:]}")
     return parse_softnet(split_dump(result.stdout)["/proc/net/softnet_stat"])
 
 

@@ -18,6 +18,11 @@ from scapy.packet import Raw
 from .observe import snapshot
 from .pktgen import Pktgen
 from .traffic import http_load, send_frames, tcp_stream
+from ..util import HarnessError
+
+
+class WorkloadError(HarnessError):
+    pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +59,7 @@ def _http_proxy(lab, conns, seconds: float = 3):
     t0 = time.monotonic()
     result = http_load(client, "http://10.77.2.1/", connections=int(conns or 16), seconds=seconds)
     if result.errors:
-        raise RuntimeError(f"http_proxy: {result.errors} errors at {conns} connections: {result}")
+        raise WorkloadError(f"http_proxy: {result.errors} errors at {conns} connections: {result}")
     return result.requests_per_second, time.monotonic() - t0
 
 

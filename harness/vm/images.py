@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import lzma
 import os
 import shutil
@@ -32,6 +33,9 @@ HOT_PROGRAMS = ("sh", "cat", "grep", "sed", "awk", "head", "tail", "wc", "sleep"
                 "taskset", "nproc", "sysctl", "ip", "tc", "ethtool", "ls", "dmesg",
                 "mount", "chrt", "kill")
 HOT_FILES = ("/etc/ld.so.cache",)
+
+
+log = logging.getLogger(__name__)
 
 
 class ImageError(HarnessError):
@@ -72,7 +76,7 @@ def static_shell() -> Path | None:
     return found[-1] if found else None
 
 
-def build_static_shell(log=print) -> Path:
+def build_static_shell() -> Path:
     """Build the host's dash version static, from Debian's source package.
 
     Every command a guest runs is one exec of the shell; a dynamic /bin/sh
@@ -84,7 +88,7 @@ def build_static_shell(log=print) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    log(f"building dash {version} static into {out}")
+    log.info("building dash %s static into %s", version, out)
     with tempfile.TemporaryDirectory() as tmp:
         cmd(["apt-get", "source", "--download-only", "-qq", f"dash={version}"], cwd=tmp, timeout=300)
         dsc = next(Path(tmp).glob("*.dsc"))

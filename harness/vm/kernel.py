@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -23,6 +24,9 @@ from ..util import HarnessError, cache_dir
 
 DEFAULT_SERIES = "6.12"
 _IMAGE_PACKAGE = re.compile(r"^linux-image-(\d+\.\d+\.\d+)\+(\w+)-amd64-unsigned$")
+
+
+log = logging.getLogger(__name__)
 
 
 class KernelError(HarnessError):
@@ -419,7 +423,7 @@ def newest_image_package(series: str = DEFAULT_SERIES) -> str:
     return max(names, key=_version_key)
 
 
-def fetch_default(series: str = DEFAULT_SERIES, log=print) -> Kernel:
+def fetch_default(series: str = DEFAULT_SERIES) -> Kernel:
     """apt-get download + unpack the newest generic image; idempotent."""
     existing = default_kernel_dir()
     if existing is not None:
@@ -427,7 +431,7 @@ def fetch_default(series: str = DEFAULT_SERIES, log=print) -> Kernel:
     package = newest_image_package(series)
     version = _IMAGE_PACKAGE.match(package).group(1)
     dest = kernels_cache() / f"debian-{version}"
-    log(f"fetching {package} into {dest}")
+    log.info("fetching %s into %s", package, dest)
     kernels_cache().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=kernels_cache()) as tmp:
         cmd(["apt-get", "download", "-q", package], cwd=tmp)

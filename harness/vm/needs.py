@@ -94,7 +94,8 @@ def expand(*needs) -> list:
 
 
 def how_to_get(opt: Option) -> str:
-    return f"add {opt.name}=y to the kernel's config, or build it with tools/build-kernel (it merges {HARNESS_FRAGMENT})"
+    return (f"add {opt.name}=y to the kernel's config, or build it with tools/build-kernel "
+            f"(it merges {HARNESS_FRAGMENT})")
 
 
 def unmet(kernel, needs, ask=None) -> list[str]:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats as scistats
 
-from harness.measure.abstats import boot_test, boots_needed, centre, compare, false_verdict_rate, hierarchical_ci, spread
+from harness.measure.abstats import (boot_test, boots_needed, centre, compare, false_verdict_rate, hierarchical_ci,
+                                     spread)
 
 
 def boots(rng, n_boots, runs, centre=100.0, between=3.0, within=1.0):

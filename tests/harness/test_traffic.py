@@ -7,8 +7,8 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from harness.measure.observe import snapshot
-from harness.measure.pktgen import Pktgen, PktgenError, parse_result
-from harness.measure.traffic import Capture, http_load, parse_wrk, send_frames, tcp_stream
+from harness.measure.pktgen import Pktgen, PktgenError
+from harness.measure.traffic import Capture, http_load, send_frames, tcp_stream
 
 PKTGEN_RESULT = """Params: count 10000  min_pkt_size: 60  max_pkt_size: 60
 Current:
@@ -28,18 +28,6 @@ Requests/sec:    617.00
 Transfer/sec:    172.83KB
 """
 
-
-def test_pktgen_result_parser():
-    r = parse_result("eth0@0", PKTGEN_RESULT)
-    assert (r.sent, r.errors, r.pps, r.bps, r.usec, r.pkt_size) == (10000, 3, 22404, 10753920, 446330, 60)
-    with pytest.raises(PktgenError, match="No such parameter"):
-        parse_result("eth0@0", 'Result: No such parameter "cuont"')
-
-
-def test_wrk_parser():
-    r = parse_wrk(WRK_OUTPUT)
-    assert (r.requests, r.seconds, r.requests_per_second, r.non_2xx_3xx) == (1234, 2.0, 617.0, 5)
-    assert r.socket_errors == {"connect": 0, "read": 2, "write": 0, "timeout": 1} and r.errors == 8
 
 
 @pytest.mark.needs(Pktgen.NEEDS)

@@ -15,7 +15,7 @@ from harness.vm.guest import libvirt_conn, reap_stale_guests
 from harness.lab.hostnet import reap_stale_labs
 from harness.lab.lab import Lab, LabError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OURS = re.compile(r"^nh([0-9a-f]{4})")
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from harness.lab.model import TopologyError, load
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "topologies").glob("*.yaml"))
 BAD = sorted((Path(__file__).parent / "topologies" / "bad").glob("*.yaml"))
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from harness.measure.backlog import (BACKLOG_NAPI, SEED_002, backlog_thread, backlog_threaded, hold_mid_round, max_backlog,
-                             pin, set_backlog_threaded)
+from harness.measure.backlog import (BACKLOG_NAPI, SEED_002, backlog_thread, backlog_threaded, hold_mid_round,
+                                     max_backlog, pin, set_backlog_threaded)
 from harness.vm.console import GuestError
 from harness.measure.observe import cpu_times, snapshot, softnet
 from harness.measure.rps import CpuHog, SteeredVeth

@@ -1,0 +1,61 @@
+"""Observations: softnet_stat across kernel layouts, and exact accounting of
+frames sent from the host into a guest NIC (issue 4, first part)."""
+import time
+
+from pyroute2 import IPRoute
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from harness.measure.observe import (snapshot)
+from harness.measure.traffic import send_frames
+
+# 13 columns: the 5.10-6.7 layout (6.1), written in its format; 15 columns:
+# real rows read on this host (6.18). A live guest (6.12) is parsed below.
+ROWS_13 = ("0000a3f1 00000002 00000007 00000000 00000000 00000000 00000000 00000000 "
+           "00000000 00000011 00000000 00000000 00000000\n"
+           "00003a2c 00000000 00000001 00000000 00000000 00000000 00000000 00000000 "
+           "00000000 00000004 00000000 00000003 00000001\n")
+ROWS_15 = ("0000075e 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 "
+           "00000000 00000000 00000000 00000000 00000000 00000000\n"
+           "00002959 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 "
+           "00000000 00000000 00000000 00000001 00000002 00000001\n")
+
+
+
+def test_guest_snapshot_reads_every_part(lab):
+    """One snapshot of a live 6.12 guest: softnet (15 columns), links,
+    per-queue ethtool counters, the mq qdisc with one child per queue, one
+    ksoftirqd per CPU pinned to it, sysctls and the NIC's interrupts."""
+    g1 = lab("single-mq").guest("g1")
+    s = snapshot(g1)
+    ncpu = int(g1.check("nproc").stdout)
+    assert sorted(s.softnet) == list(range(ncpu)) and s.softnet[0].input_qlen >= 0
+    assert "eth0" in s.links and s.nic("eth0").queues == 2
+    assert s.qdisc("eth0").kind == "mq" and len(s.children("eth0")) == 2
+    assert [(t.name, t.cpus) for t in s.threads("ksoftirqd/*")] == [(f"ksoftirqd/{n}", {n}) for n in range(ncpu)]
+    assert s.sysctl("net.core.netdev_max_backlog") == g1.check("sysctl -n net.core.netdev_max_backlog").stdout.strip()
+    assert len(s.interrupts("-input.")) == ncpu
+
+
+def test_frames_from_the_host_are_counted_exactly_in_the_guest(lab):
+    """Send N frames into the guest's NIC from the host tap: the guest's rx
+    counter grows by exactly N, the tap's tx counter too."""
+    single = lab("single-mq")
+    g1, tap = single.guest("g1"), single.taps["t0"]
+    mac = g1.check("cat /sys/class/net/eth0/address").stdout.strip()
+    frame = bytes(Ether(dst=mac, src="02:00:00:00:00:01", type=0x88b5) / Raw(b"\0" * 46))
+    n = 500  # under the tap's ring (tx_queue_len 1000): none may be dropped
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=tap)[0]
+        tx_before = ipr.link("get", index=index)[0].get("stats64").get("tx_packets")
+        before = snapshot(g1)
+        sent = send_frames(tap, [frame], n)
+        assert (sent.accepted, sent.refused) == (n, 0), sent.errors
+        for _ in range(100):  # the guest reads its queue at TCG speed
+            delta = snapshot(g1) - before
+            if delta.link("eth0").rx.packets >= n:
+                break
+            time.sleep(0.1)
+        tx_after = ipr.link("get", index=index)[0].get("stats64").get("tx_packets")
+    assert delta.link("eth0").rx.packets == n
+    assert tx_after - tx_before == n
