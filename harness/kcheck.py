@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .vm.needs import Feature, Option, Version, expand, fragment, unmet
 from .util import REPO, HarnessError
+from .vm.kernel import Kernel
 
 ROOT = REPO
 
@@ -29,7 +30,7 @@ class TestVerdict:
 
 @dataclasses.dataclass
 class CheckReport:
-    kernel: object
+    kernel: Kernel
     verdicts: list[TestVerdict]
 
     def _groups(self, key) -> dict[str, list[TestVerdict]]:

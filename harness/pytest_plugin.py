@@ -19,6 +19,7 @@ import pytest
 
 from .env import prepare
 from .vm.guest import Guest
+from .vm.splat import Splat
 from .vm.kernel import Kernel
 from .lab.lab import Lab
 from .vm.needs import MissingKernelFeature, Version, unmet
@@ -125,7 +126,7 @@ class HarnessSession:
     # -- guests ---------------------------------------------------------------
     def start_guest(self, name: str, **params) -> Guest:
         self.ensure_ready()
-        guest = Guest(name, self.kernel, accel=self.accel, log_dir=self.log_dir, **params)
+        guest = Guest(name, self.kernel, accel=self.accel or "tcg", log_dir=self.log_dir, **params)
         guest.start()
         self.guests.append(guest)
         return guest
@@ -174,7 +175,7 @@ class HarnessSession:
             lab.down()
 
     # -- splats -----------------------------------------------------------------
-    def collect_splats(self, item) -> list[tuple[Guest, object]]:
+    def collect_splats(self, item) -> list[tuple[Guest, Splat]]:
         """Splats printed since the previous test, per live guest; writes the
         test's slice of each console log."""
         found = []

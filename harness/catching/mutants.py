@@ -433,6 +433,7 @@ def _replace_condition(src: str, keyword: str, replacement: str) -> str:
 
 def _negate_rhs(src: str) -> str:
     eq = re.search(r"(?<![=!<>|&+\-*/])=(?!=)", src)
+    assert eq is not None, src
     semi = src.rindex(";")
     rhs = eq.end()
     while src[rhs] in " \t":

@@ -202,8 +202,8 @@ def _keep_build_log(error: str, into: Path):
 
 def _record(result: MutantResult, outcome: Outcome, equivalent_reason: str | None):
     result.test_s = outcome.seconds
-    if outcome.status == "failed":
-        first = outcome.first_failure
+    first = outcome.first_failure
+    if outcome.status == "failed" and first is not None:
         result.status = "killed"
         result.killed_by = f"{first.nodeid.split('::')[-1]} ({first.seconds:.0f}s)"
         result.detail = outcome.summary()

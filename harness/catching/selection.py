@@ -50,8 +50,8 @@ class Outcome:
         return sum(1 for t in self.tests if t.outcome == outcome)
 
     def summary(self) -> str:
-        if self.status == "failed":
-            f = self.first_failure
+        f = self.first_failure
+        if self.status == "failed" and f is not None:
             return f"{f.nodeid.split('::')[-1]} ({f.seconds:.0f}s): {_first_line(f.message)}"
         if self.status in ("timeout", "error"):
             return self.detail

@@ -108,7 +108,7 @@ class HostJob:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, err = self.proc.communicate()
-            raise HostNetError(f"{self.where}: command timed out after {timeout}s: {self.proc.args}\n"
+            raise HostNetError(f"{self.where}: command timed out after {timeout}s: {self.proc.args!r}\n"
                                f"{out.decode(errors='replace')[-2000:]}") from None
         return Result(self.proc.returncode, out, err)
 

@@ -159,6 +159,7 @@ class Lab:
     def _host_side(self) -> dict[str, list[str]]:
         """Bridges, taps and host namespaces; returns each guest's NIC XML."""
         topo, host = self.topology, self.host
+        assert host is not None
         bridges = {b.name: host.add_bridge(b.name) for b in topo.bridges}
         tap_peers = {link.peer.split(":", 1)[1] for ns in topo.host for link in ns.links
                      if link.peer.startswith("tap:")}
@@ -215,14 +216,16 @@ class Lab:
             raise LabError(f"{self.topology.source}: guests[{gi}].kernel: {e}") from None
 
     def _mac(self, gi: int, ni: int, nic: model.Nic) -> str:
-        return nic.mac or _mac(self.host.lab_id, gi, ni)
+        return nic.mac or _mac(self.lab_id, gi, ni)
 
     def _boot_guests(self, interfaces: dict[str, list[str]]):
-        errors = []
+        errors: list[BaseException] = []
+        assert self.host is not None
+        lab_id = self.host.lab_id
 
         def boot(spec: model.Guest):
             kernel = self._kernel_for(spec)
-            guest = Guest(f"{spec.name}-{self.host.lab_id}", kernel, vcpus=spec.vcpus,
+            guest = Guest(f"{spec.name}-{lab_id}", kernel, vcpus=spec.vcpus,
                           memory_mb=spec.memory_mb, cmdline=spec.cmdline, accel=self.accel,
                           log_dir=self.log_dir, interfaces=interfaces[spec.name])
             with lock:
@@ -248,10 +251,10 @@ class Lab:
         self.guests[spec.name].check(render.guest_setup(spec, macs), timeout=120)
 
     # -- reachability ---------------------------------------------------------------------
-    def endpoints(self) -> dict[str, list[tuple[object, str]]]:
+    def endpoints(self) -> dict[str, list[tuple[Endpoint, str]]]:
         """Every declared address by segment: {segment: [(where, address)]}."""
         topo = self.topology
-        segments: dict[str, list[tuple[object, str]]] = {}
+        segments: dict[str, list[tuple[Endpoint, str]]] = {}
 
         def add(segment, where, address):
             if address:

@@ -307,7 +307,7 @@ def _check_references(topo: Topology):
     unique(topo.bridges, "bridges", "bridge")
     unique(topo.host, "host", "namespace")
     bridges = {b.name for b in topo.bridges}
-    taps = {}
+    taps: dict[str, str] = {}
     for gi, guest in enumerate(topo.guests):
         unique(guest.containers, f"guests[{gi}].containers", "container")
         for ni, nic in enumerate(guest.nics):

@@ -174,7 +174,8 @@ def measure_boot(workload, side: Side, topology: Path, *, runs: int, warmup: int
     discarded runs, then ``runs`` measured ones at every sweep point.
     Returns ({point: [values]}, seconds the workload itself ran)."""
     lab = Lab.from_yaml(topology, kernel=side.kernel, accel=accel, log_dir=log_dir)
-    got, workload_s = {p: [] for p in sweep}, 0.0
+    got: dict = {p: [] for p in sweep}
+    workload_s = 0.0
     try:
         lab.up()
         workload.setup(lab)
@@ -207,7 +208,7 @@ def run_ab(workload, base: Side, patched: Side, *, boots: int = 3, runs: int = 5
     sweep = list(sweep) if sweep else list(workload.default_sweep)
     topo = Path(topology) if topology else ROOT / "topologies" / f"{workload.topology}.yaml"
     log_dir = Path(log_dir) if log_dir else Path(os.environ.get("TMPDIR", "/tmp"))
-    samples = {p: {"base": [], "patched": []} for p in sweep}
+    samples: dict = {p: {"base": [], "patched": []} for p in sweep}
     t_start, workload_s = time.monotonic(), 0.0
     for i in range(boots):
         # A B, B A, A B ...: a linear drift of the host cancels out

@@ -54,13 +54,13 @@ def centre(boots: list[list[float]]) -> float:
 def hierarchical_ci(boots: list[list[float]], confidence: float = 0.95, resamples: int = 2000,
                     seed: int = 0) -> tuple[float, float]:
     """CI of the median of boot medians: resample boots, then runs in each."""
-    boots = [np.asarray(r, dtype=float) for r in boots if len(r)]
-    if not boots:
+    arrays = [np.asarray(r, dtype=float) for r in boots if len(r)]
+    if not arrays:
         raise ValueError("no samples")
     rng = np.random.default_rng(seed)
-    picked = rng.integers(0, len(boots), (resamples, len(boots)))
+    picked = rng.integers(0, len(arrays), (resamples, len(arrays)))
     meds = np.empty(picked.shape)
-    for j, runs in enumerate(boots):  # every resample of boot j at once
+    for j, runs in enumerate(arrays):  # every resample of boot j at once
         where = picked == j
         draws = rng.choice(runs, (int(where.sum()), len(runs)))
         meds[where] = np.median(draws, axis=1)

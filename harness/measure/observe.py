@@ -147,7 +147,8 @@ class NicStats:
 
     def queue(self, index: int) -> QueueStats:
         """Counters of queue ``index`` under either naming scheme, without the prefix."""
-        rx, tx = {}, {}
+        rx: dict[str, int] = {}
+        tx: dict[str, int] = {}
         for name, value in self.counters.items():
             m = _QUEUE_COUNTER.match(name)
             if m and int(m.group(2)) == index:
@@ -167,9 +168,9 @@ def parse_ethtool(text: str) -> dict[str, NicStats]:
     """The agent's @ethtool lines, "dev counter value" (ethtool -S of each link)."""
     out: dict[str, dict] = {}
     for line in text.splitlines():
-        dev, name, value = line.rsplit(" ", 2) if line.count(" ") >= 2 else (None, None, None)
-        if dev is None:
+        if line.count(" ") < 2:
             raise ValueError(f"ethtool line {line!r}: expected 'dev counter value'")
+        value = line.rsplit(" ", 1)[1]
         dev, _, name = line[:-len(value) - 1].partition(" ")
         out.setdefault(dev, {})[name] = int(value)
     return {dev: NicStats(dev, counters) for dev, counters in out.items()}
@@ -224,7 +225,7 @@ class KThread:
 
 def parse_cpu_list(text: str) -> frozenset:
     """"0-2,5" -> {0, 1, 2, 5}."""
-    cpus = set()
+    cpus: set[int] = set()
     for part in text.strip().split(","):
         if part:
             lo, _, hi = part.partition("-")
@@ -310,7 +311,7 @@ class Snapshot:
             {cpu: row - before.softnet[cpu] for cpu, row in self.softnet.items() if cpu in before.softnet},
             {name: s - before.links[name] for name, s in self.links.items() if name in before.links},
             {name: s - before.nics[name] for name, s in self.nics.items() if name in before.nics},
-            {dev: [q - _same_qdisc(before.qdiscs[dev], q) for q in qs if _same_qdisc(before.qdiscs[dev], q)]
+            {dev: [q - b for q in qs if (b := _same_qdisc(before.qdiscs[dev], q)) is not None]
              for dev, qs in self.qdiscs.items() if dev in before.qdiscs},
             self.kthreads, self.sysctls,
             [Interrupt(i.irq, tuple(a - b for a, b in zip(i.counts, irqs_before[i.irq].counts)), i.description)

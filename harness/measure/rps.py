@@ -15,6 +15,7 @@ or dropped: nothing else is received on the target CPU.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from .observe import parse_cpu_list
 from .pktgen import Pktgen, PktgenResult, PktgenRun
@@ -105,7 +106,7 @@ class CpuHog:
         self.softirqs = softirqs
         self._ksoftirqd: int | None = None
         self.pid: int | None = None
-        self.job = None
+        self.job: Any = None  # the hog's Job once started
         self._old_runtime: str | None = None
         self._old_job_cpus: str | None = None
 

@@ -52,7 +52,7 @@ def send_frames(ifname: str, frames: list[bytes], count: int, netns: str | None 
         sock.bind((ifname, 0))
         sock.setblocking(False)
         send = sock.send
-        accepted, errors = 0, collections.Counter()
+        accepted, errors = 0, collections.Counter[str]()
         n = len(frames)
         # paced: 1 ms worth of frames at a time; unpaced: one batch of all
         batch = max(1, int(rate_pps / 1000)) if rate_pps else count
@@ -65,7 +65,7 @@ def send_frames(ifname: str, frames: list[bytes], count: int, netns: str | None 
                     send(frames[i % n])
                     accepted += 1
                 except OSError as e:
-                    errors[errno.errorcode.get(e.errno, str(e.errno))] += 1
+                    errors[errno.errorcode.get(e.errno or 0, str(e.errno))] += 1
         return SendResult(accepted, count - accepted, dict(errors))
     finally:
         sock.close()
@@ -178,7 +178,7 @@ class Capture:
 
     def __init__(self, ifname: str, *, netns: str | None = None, pcap=None, bpf: str | None = None):
         self.ifname, self.netns, self.pcap, self.bpf = ifname, netns, pcap, bpf
-        self.packets = []
+        self.packets: list = []
         self._sniffer = None
 
     def __enter__(self):

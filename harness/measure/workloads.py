@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -32,8 +33,8 @@ class Workload:
     metric: str          # what sample() returns, with its unit
     sweep_name: str      # the swept parameter ("conns"), or "" for none
     default_sweep: tuple
-    run: object          # run(lab, point, **options) -> (value, seconds)
-    prepare: object = None  # prepare(lab): once per lab
+    run: Callable[..., tuple[float, float]]  # run(lab, point, **options) -> (value, seconds)
+    prepare: Callable | None = None         # prepare(lab): once per lab
     higher_is_better: bool = True
     description: str = ""
 

@@ -213,7 +213,7 @@ class Job:
         if self.error is not None:
             raise GuestCrashed(f"{self.channel.name}: {self.error} while running: {self.command}\n"
                                f"--- console (tail) ---\n{self.channel.console_tail()}")
-        return Result(self.rc, bytes(self.stdout), bytes(self.stderr))
+        return Result(self.rc if self.rc is not None else -1, bytes(self.stdout), bytes(self.stderr))
 
     def kill(self):
         self.channel.send(self.id, b"K", b"")
@@ -262,7 +262,7 @@ class AgentChannel:
             raise GuestError(f"{self.name}: the guest agent did not come up within {timeout}s"
                              f"{' (' + self._dead + ')' if self._dead else ''}\n"
                              f"--- console (tail) ---\n{self.console_tail()}")
-        return self.release
+        return self.release or ""
 
     def send(self, job_id: int, kind: bytes, payload: bytes):
         with self._send_lock:

@@ -14,6 +14,8 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 from ..endpoint import Endpoint
@@ -93,7 +95,7 @@ def _lpj(kernel: Kernel) -> str:
 
 
 def kernel_cmdline(*, name: str, accel: str, lpj: str = "", modules: str = "", venv: str = "",
-                   keep: list[str] = (), extra: str = "") -> list[str]:
+                   keep: Sequence[str] = (), extra: str = "") -> list[str]:
     """A guest's kernel command line, one argument per item (joined once,
     by the caller): the console, quiet panics, what stage 1 needs
     (harness.*: the guest's name, its modules, the host venv and the host
@@ -116,7 +118,7 @@ class Guest(Endpoint):
 
     def __init__(self, name: str, kernel: Kernel, *, vcpus: int = 2, memory_mb: int = 512,
                  cmdline: str = "", accel: str = "tcg", log_dir: Path | None = None,
-                 interfaces: list[str] = (), boot_timeout: float = 120.0):
+                 interfaces: Sequence[str] = (), boot_timeout: float = 120.0):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", name):
             raise HarnessError(f"guest name {name!r}: expected 1-32 letters, digits, '_', '.', '-'")
         self.name = name
@@ -129,12 +131,12 @@ class Guest(Endpoint):
         self.boot_timeout = boot_timeout
         self.domain_name = f"{DOMAIN_PREFIX}-{os.getpid()}-{name}"
         self.log_dir = Path(log_dir) if log_dir else None
-        self.console: ConsoleLog | None = None
+        self.console: Any = None  # ConsoleLog once started
         self.agent: AgentChannel | None = None
         self.release: str | None = None
         self.boot_seconds: float | None = None
         self.mark_line = 0  # console line of the last mark (per-test slicing)
-        self._dom = None
+        self._dom: Any = None  # the libvirt domain while it exists
         self._dir: Path | None = None
         self._owner = os.getpid()
         self._asked: dict[str, bool] = {}

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
@@ -122,11 +123,11 @@ def module_load_order(modules_dir: Path, names) -> list[Path]:
         order.append(path)
 
     for name in names:
-        path = by_name.get(name.replace("-", "_"))
-        if path is None:
+        found = by_name.get(name.replace("-", "_"))
+        if found is None:
             raise ImageError(f"{modules_dir}: module {name} is not in modules.dep "
                              "and not built in; the guest cannot mount its root")
-        visit(path)
+        visit(found)
     return [modules_dir / p for p in order]
 
 
@@ -253,7 +254,7 @@ def _build_initramfs(kernel: Kernel) -> Path:
 
 def domain_xml(*, name: str, kernel: Kernel, initrd: Path, cmdline: str, vcpus: int,
                memory_mb: int, accel: str, console_sock: Path, agent_sock: Path,
-               interfaces: list[str] = ()) -> str:
+               interfaces: Sequence[str] = ()) -> str:
     """libvirt XML for a direct-kernel-boot q35 guest with two channels."""
     kvm = accel == "kvm"
     cpu = "<cpu mode='host-passthrough'/>" if kvm else ""

@@ -143,7 +143,7 @@ def build_key(source: Source, patches: list, fragments: list[Path]) -> str:
 
 
 def _check_inputs(patches, fragments) -> tuple[list, list[Path]]:
-    checked = []
+    checked: list[str | Path] = []
     for p in patches:
         if isinstance(p, str) and "\n" in p:
             checked.append(p)  # a patch's text (a mutant, a variant)
@@ -366,6 +366,7 @@ def _make(work: Path, jobs: int, log_path: Path, t0: float):
         proc = subprocess.Popen([*make, "bzImage"], env=_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         last, shown, units = "", time.monotonic(), 0
+        assert proc.stdout is not None
         for line in proc.stdout:
             out.write(line)
             if line.startswith("  CC "):

@@ -53,9 +53,9 @@ class Kernel:
         given = Path(image).expanduser()
         path = given
         if path.is_dir():
-            for cand in ("bzImage", "arch/x86/boot/bzImage"):
-                if (path / cand).is_file():
-                    path = path / cand
+            for inside in ("bzImage", "arch/x86/boot/bzImage"):
+                if (path / inside).is_file():
+                    path = path / inside
                     break
             else:
                 raise KernelError(f"--kernel {image}: a directory with no bzImage and no arch/x86/boot/bzImage "
@@ -79,28 +79,29 @@ class Kernel:
                                 if (d / f"config-{release}").is_file()), None)
         elif not Path(kconfig).is_file():
             raise KernelError(f"--kconfig {kconfig}: no such file")
+        found_modules: Path | None = None
         if modules is None:
             for d in near:
                 for cand in (d / "lib/modules" / release, d / "modules" / release,
                              d / "modules/lib/modules" / release):
                     if (cand / "modules.dep").is_file():
-                        modules = cand
+                        found_modules = cand
                         break
-                if modules:
+                if found_modules:
                     break
-            if modules is None and tree is not None and (tree / "modules.order").is_file():
-                modules = tree_modules(tree, release)
+            if found_modules is None and tree is not None and (tree / "modules.order").is_file():
+                found_modules = tree_modules(tree, release)
         else:
-            modules = Path(modules)
-            if (modules / "lib/modules" / release).is_dir():
-                modules = modules / "lib/modules" / release
-            elif (modules / release).is_dir():
-                modules = modules / release
-            if not (modules / "modules.dep").is_file():
-                raise KernelError(f"--modules {modules}: no modules.dep for release {release} "
+            found_modules = Path(modules)
+            if (found_modules / "lib/modules" / release).is_dir():
+                found_modules = found_modules / "lib/modules" / release
+            elif (found_modules / release).is_dir():
+                found_modules = found_modules / release
+            if not (found_modules / "modules.dep").is_file():
+                raise KernelError(f"--modules {found_modules}: no modules.dep for release {release} "
                                   "(run `make modules_install INSTALL_MOD_PATH=DIR`, then give DIR)")
         return cls(path.resolve(), Path(kconfig).resolve() if kconfig else None,
-                   Path(modules).resolve() if modules else None, release)
+                   found_modules.resolve() if found_modules else None, release)
 
     @classmethod
     def default(cls) -> "Kernel":
@@ -165,7 +166,7 @@ class Kernel:
     @functools.cached_property
     def module_names(self) -> frozenset:
         """Modules this kernel can load, and those built in."""
-        names = set()
+        names: set[str] = set()
         if self.modules_dir is not None:
             for listing in ("modules.dep", "modules.builtin"):
                 f = self.modules_dir / listing
@@ -191,7 +192,10 @@ class Kernel:
 
     @property
     def version(self) -> tuple[int, int]:
-        major, minor = re.match(r"(\d+)\.(\d+)", self.release).groups()
+        m = re.match(r"(\d+)\.(\d+)", self.release)
+        if m is None:
+            raise KernelError(f"kernel release {self.release!r}: no major.minor version")
+        major, minor = m.groups()
         return int(major), int(minor)
 
     @functools.cached_property
@@ -429,7 +433,9 @@ def fetch_default(series: str = DEFAULT_SERIES) -> Kernel:
     if existing is not None:
         return Kernel._from_unpacked_deb(existing)
     package = newest_image_package(series)
-    version = _IMAGE_PACKAGE.match(package).group(1)
+    matched = _IMAGE_PACKAGE.match(package)
+    assert matched is not None  # newest_image_package() only returns names it matches
+    version = matched.group(1)
     dest = kernels_cache() / f"debian-{version}"
     log.info("fetching %s into %s", package, dest)
     kernels_cache().mkdir(parents=True, exist_ok=True)

@@ -73,11 +73,12 @@ def option(name: str) -> Option:
     return OPTIONS.get(name) or Option(name, name)
 
 
-def expand(*needs) -> list:
+def expand(*needs) -> list:  # of Option, Feature and Version
     """Options, Versions and Features from option names, objects with NEEDS
     (drivers, topologies), and the three themselves, without duplicates."""
     out: list = []
     for need in needs:
+        found: list
         if isinstance(need, str):
             found = [option(need)]
         elif isinstance(need, (Option, Feature, Version)):
