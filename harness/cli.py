@@ -76,6 +76,37 @@ def cmd_verify_fix(args):
     return 0 if verdict.verified else 1
 
 
+def _guest_spec(args):
+    from .oneshot import GuestSpec, resolve_kernel
+    return GuestSpec(resolve_kernel(args.kernel, args.build), vcpus=args.cpus, memory_mb=args.memory,
+                     cmdline=args.cmdline, accel=args.accel, topology=args.topology)
+
+
+def cmd_run(args):
+    from .oneshot import run_once
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise HarnessError("harness run: give the command after --, e.g. harness run -- uname -r")
+    return run_once(_guest_spec(args), command)
+
+
+def cmd_shell(args):
+    from .oneshot import shell
+    return shell(_guest_spec(args))
+
+
+def _add_guest_args(p):
+    p.add_argument("--kernel", help="a bzImage, build-kernel output, or kernel tree (default: Debian's 6.12)")
+    p.add_argument("--build", action="store_true",
+                   help="build the --kernel tree first when it changed (in place with its own .config, "
+                        "else in the cache with the harness's config)")
+    p.add_argument("--cpus", type=int, default=2, help="vCPUs (default 2)")
+    p.add_argument("--memory", type=int, default=512, help="MiB (default 512)")
+    p.add_argument("--cmdline", default="", help="extra kernel command line")
+    p.add_argument("--topology", help="bring up this lab and use its first guest")
+    p.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+
+
 def _add_source_args(p):
     where = p.add_mutually_exclusive_group()
     where.add_argument("--tree", help="a kernel source tree (left untouched: patches go on a copy)")
@@ -278,6 +309,13 @@ def main(argv=None):
                     help="smallest change in %% called a difference (default 2)")
     ab.add_argument("--out", help="directory for the JSON and PNG (default logs/ab-<time>-<workload>)")
     ab.set_defaults(fn=cmd_ab)
+    run = sub.add_parser("run", help="boot a kernel, run one command in the current directory, tear down")
+    _add_guest_args(run)
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD...")
+    run.set_defaults(fn=cmd_run)
+    sh = sub.add_parser("shell", help="boot a kernel and give an interactive shell in it (Ctrl-D ends it)")
+    _add_guest_args(sh)
+    sh.set_defaults(fn=cmd_shell)
     up = sub.add_parser("up", help="bring a topology up and run commands in it")
     up.add_argument("topology", help="a topologies/*.yaml file")
     up.add_argument("--kernel")

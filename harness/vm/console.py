@@ -181,6 +181,7 @@ class Job:
         self.id = job_id
         self.command = command
         self.console_line = console_line  # where the console was when it started
+        self.on_output = None             # on_output(kind, data) as output arrives
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.rc: int | None = None
@@ -271,9 +272,10 @@ class AgentChannel:
             except OSError as e:
                 self.fail(f"command channel lost ({e})")
 
-    def start(self, command: str, kind: bytes = b"R") -> Job:
-        """Start a job: ``R`` runs ``command`` with the shell, ``D`` dumps files
-        (see agent.c)."""
+    def start(self, command: str, kind: bytes = b"R", on_output=None, payload: bytes | None = None) -> Job:
+        """Start a job: ``R`` runs ``command`` with the shell, ``D`` dumps files,
+        ``T`` runs it on a pseudo-terminal (see agent.c).  ``on_output(kind,
+        data)``, kind "O" or "E", sees the job's output as it arrives."""
         with self._jobs_lock:
             job_id = self._next_id
             self._next_id += 1
@@ -282,9 +284,22 @@ class AgentChannel:
                 job.error = self._dead
                 job.done.set()
                 return job
+            job.on_output = on_output
             self._jobs[job_id] = job
-        self.send(job_id, kind, command.encode())
+        self.send(job_id, kind, payload if payload is not None else command.encode())
         return job
+
+    def start_tty(self, command: str = "", *, rows: int = 24, cols: int = 80, term: str = "xterm",
+                  on_output=None) -> Job:
+        """``command`` (an interactive shell when empty) on a pseudo-terminal."""
+        return self.start(command or "(shell)", b"T", on_output, f"{rows} {cols} {term}\n{command}".encode())
+
+    def send_input(self, job: Job, data: bytes):
+        """Keystrokes for a ``T`` job."""
+        self.send(job.id, b"I", data)
+
+    def resize(self, job: Job, rows: int, cols: int):
+        self.send(job.id, b"W", f"{rows} {cols}".encode())
 
     def ping(self, timeout: float = 10.0) -> float:
         """Seconds for one echo through the agent: the channel's own latency,
@@ -345,6 +360,8 @@ class AgentChannel:
                     del self._jobs[job_id]
             if job is None:
                 continue
+            if kind in "OE" and job.on_output is not None:
+                job.on_output(kind, payload)
             if kind == "O":
                 job.stdout += payload
             elif kind == "E":

@@ -241,11 +241,19 @@ class Guest(Endpoint):
         self.stop()
 
     # -- commands -----------------------------------------------------------
-    def spawn(self, command: str) -> Job:
-        """Start ``command`` (sh -c) in the guest; returns at once."""
+    def spawn(self, command: str, on_output=None) -> Job:
+        """Start ``command`` (sh -c) in the guest; returns at once.
+        ``on_output(kind, data)`` ("O" or "E") streams its output."""
         if self.agent is None:
             raise GuestError(f"{self.name}: not started")
-        return self.agent.start(command)
+        return self.agent.start(command, on_output=on_output)
+
+    def spawn_tty(self, command: str = "", *, rows: int = 24, cols: int = 80, term: str = "xterm",
+                  on_output=None) -> Job:
+        """``command``, or an interactive shell, on a pseudo-terminal (harness shell)."""
+        if self.agent is None:
+            raise GuestError(f"{self.name}: not started")
+        return self.agent.start_tty(command, rows=rows, cols=cols, term=term, on_output=on_output)
 
     def dump(self, patterns: list[str], netns: str = "") -> Job:
         """Start reading the files matching glob ``patterns`` (in network

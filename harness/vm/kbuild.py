@@ -412,3 +412,40 @@ def touched_files(patch_text: str) -> list[str]:
             out.append(path.split("/", 1)[1] if "/" in path else path)
             old = None
     return list(dict.fromkeys(out))
+
+
+def build_tree(tree: Path, jobs: int | None = None) -> Path:
+    """A user's tree built for `harness run --build`, incrementally, and only
+    when its source changed since the last build (what `vng --build` does):
+    in place with the tree's own .config when it has one, else in an O=
+    directory under the cache with defconfig + kvm_guest.config +
+    harness.config.  Returns what --kernel takes (the tree, or the O= dir)."""
+    tree = Path(tree).expanduser().resolve()
+    source = tree_source(tree)  # checks that it is a kernel tree
+    in_place = (tree / ".config").is_file()
+    key = f"{tree.name}-{_digest(str(tree).encode())[:8]}"
+    out = tree if in_place else cache_dir() / "tree-builds" / key
+    stamp = cache_dir() / "tree-builds" / f"{key}.built"  # not in the user's tree
+    if stamp.is_file() and stamp.read_text().strip() == source.identity:
+        log.info("build-kernel: %s is unchanged since its last build", tree)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    env = _env()
+    make = [*_make_argv(tree), *([] if in_place else [f"O={out}"])]
+    if not in_place and not (out / ".config").is_file():
+        cmd([*make, "defconfig", "kvm_guest.config"], env=env, timeout=600)
+        cmd([tree / "scripts/kconfig/merge_config.sh", "-m", "-O", out, out / ".config", HARNESS_CONFIG],
+            env=env, cwd=out, timeout=600)
+        cmd([*make, "olddefconfig"], env=env, timeout=600)
+    t0 = time.monotonic()
+    log.info("build-kernel: make bzImage modules in %s", out)
+    result = cmd([*make, f"-j{jobs or os.cpu_count() or 1}", "bzImage", "modules"], env=env, check=False,
+                 timeout=7200)
+    if result.rc != 0:
+        errors = [l for l in (result.stdout + result.stderr).splitlines() if "error" in l.lower()]
+        raise BuildError(f"build-kernel: make failed in {tree}:\n" + "\n".join(errors[:20] or
+                                                                              result.stderr.splitlines()[-20:]))
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(source.identity + "\n")
+    log.info("build-kernel: built in %.0fs", time.monotonic() - t0)
+    return out
