@@ -93,3 +93,8 @@ def test_pause_and_resume(guest):
     assert job.running  # a paused guest runs nothing
     guest.resume()
     assert job.wait(10).stdout == "after-resume\n"
+
+
+def test_the_guest_is_named_on_its_command_line(guest):
+    """Its hostname is its name (under TCG nohz=off once swallowed harness.name)."""
+    assert guest.check("hostname").stdout.strip() == guest.name
