@@ -299,7 +299,7 @@ def harness(pytestconfig) -> HarnessSession:
 
 @pytest.fixture(scope="session")
 def kernel(harness) -> Kernel:
-    return harness.vm.kernel
+    return harness.kernel
 
 
 def _guest_params(node) -> dict:

@@ -39,6 +39,14 @@ _TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s?")
 MAX_LINES = 120  # a splat without an end marker is cut here
 
 
+_STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
+
+
+def _stamp(line: str) -> float | None:
+    m = _STAMP.match(line)
+    return float(m.group(1)) if m else None
+
+
 def opener(line: str) -> str | None:
     """The kind of splat ``line`` opens, or None."""
     for kind, rx in _OPENER_RE:
@@ -76,18 +84,29 @@ class SplatScanner:
     Lines that open a splat while another is still open (a BUG inside a
     WARNING's trace, the panic after an oops) belong to the open one, except
     a panic, which always gets its own entry so it can stop a run at once.
+    A splat without an end marker (lockdep's reports have none) ends at a
+    harness mark, or when the next line comes more than a second after its
+    last one (the kernel prints a report in one go).
     """
 
     def __init__(self):
         self.splats: list[Splat] = []
         self._open: Splat | None = None
+        self._open_at: float | None = None  # the open splat's last timestamp
         self._line_no = 0
 
     def feed(self, line: str) -> Splat | None:
         """Returns the splat ``line`` opened, if any."""
         n = self._line_no
         self._line_no += 1
+        stamp = _stamp(line)
         current = self._open
+        if current is not None and ("harness-mark-" in line or (
+                stamp is not None and self._open_at is not None and stamp - self._open_at > 1.0)):
+            current.ended = True
+            self._open = current = None
+        if current is not None and stamp is not None:
+            self._open_at = stamp
         if current is not None:
             current.lines.append(line)
             if _END_RE.search(line) or len(current.lines) >= MAX_LINES:
@@ -104,7 +123,7 @@ class SplatScanner:
         splat = Splat(kind, n, [line])
         self.splats.append(splat)
         if kind != "unregister_netdevice":  # a one-line message, repeated every 10 s
-            self._open = splat
+            self._open, self._open_at = splat, stamp
         return splat
 
 

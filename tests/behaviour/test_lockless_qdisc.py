@@ -62,6 +62,7 @@ BURSTS = 200
 BURST = 50  # packets per thread
 
 
+@pytest.mark.slow
 @pytest.mark.needs("CONFIG_VETH")
 def test_lockless_qdisc_no_packet_left_behind_by_contended_bursts(guest):
     """Seed 000's lockless pfifo_fast and the "packet stuck" class of bug

@@ -13,6 +13,7 @@ def per_boot(rng, centre, n_boots=4, runs=5, sd=2.0):
 
 
 
+@pytest.mark.slow
 @pytest.mark.needs(Pktgen.NEEDS)
 def test_ab_same_kernel_reports_no_significant_change(ab):
     report = ab("pktgen_queue_xmit", boots=3, runs=3)
@@ -20,6 +21,7 @@ def test_ab_same_kernel_reports_no_significant_change(ab):
     report.assert_not_slower(5)
 
 
+@pytest.mark.slow
 @pytest.mark.needs(Pktgen.NEEDS)
 def test_ab_handicapped_patched_side_is_significantly_slower(ab):
     """B's pktgen is rate-limited to 15 kpps per thread (2 threads): B's

@@ -181,7 +181,7 @@ def test_two_labs_side_by_side_and_a_killed_ones_leftovers_are_reaped(lab, pytes
 def test_each_guest_can_name_its_own_kernel(harness, tmp_path):
     """kernel: a path per guest (here the default kernel's image for one guest,
     the default for the other); a bad path fails before anything exists."""
-    image = harness.vm.kernel.image
+    image = harness.kernel.image
     path = tmp_path / "kernels.yaml"
     path.write_text(textwrap.dedent(f"""
         name: kernels

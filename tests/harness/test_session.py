@@ -73,7 +73,7 @@ def test_splat_fails_the_test_that_caused_it_and_panic_fails_fast(harness, pytes
     # ...and the next test runs on a fresh guest.
     assert cases["test_after_panic"][1] is None, cases["test_after_panic"][1]
     # The per-test console slice is kept as an artifact.
-    slices = list((tmp_path / "logs").glob("*/tests/*test_warning*/*.console.log"))
+    slices = list((tmp_path / "logs").glob("*/tests/*_test_warning/*.console.log"))
     assert slices and "net/core/dev.c:1234" in slices[0].read_text()
 
 

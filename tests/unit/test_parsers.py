@@ -51,6 +51,15 @@ def test_splat_samples_are_classified(name, kinds):
     assert [s.kind for s in splats] == kinds
 
 
+def test_a_splat_without_an_end_marker_ends_at_a_mark_or_a_pause():
+    text = ("[   11.50] WARNING: bad unlock balance detected!\n[   11.51] stack backtrace:\n"
+            "[   11.52] harness-mark-1-1\n[   12.00] WARNING: CPU: 0 PID: 1 at net/core/dev.c:1 x+0x0/0x1\n"
+            "[   14.00] WARNING: CPU: 1 PID: 2 at net/core/dev.c:2 y+0x0/0x1\n")
+    splats = find_splats(text)
+    assert [(s.kind, s.line_no) for s in splats] == [("lockdep", 0), ("warning", 3), ("warning", 4)]
+    assert splats[0].lines[-1] == "[   11.51] stack backtrace:"
+
+
 def test_a_splat_keeps_its_trace_until_the_end_marker():
     splat = find_splats((DATA / "splats" / "warning-6.12.txt").read_text())[0]
     assert "Call Trace:" in splat.text
