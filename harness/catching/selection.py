@@ -59,10 +59,16 @@ class Outcome:
 
 
 def _first_line(text: str) -> str:
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:160]
-    return ""
+    """The line of a failure report that says what failed: a splat's title,
+    else pytest's first "E" line, else the first line."""
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("kernel splat in guest") and i + 1 < len(lines):
+            return f"{line} {lines[i + 1]}"[:200]
+    for line in lines:
+        if line.startswith("E "):
+            return line[1:].strip()[:200]
+    return lines[0][:200] if lines else ""
 
 
 def parse_junit(path: Path) -> list[TestResult]:
