@@ -10,7 +10,7 @@ alternate A B B A A B ... so that a slow drift of the host falls on both
 sides alike, and each boot's first ``warmup`` runs are discarded.  The
 statistics compare boots, not runs (harness.abstats): one boot's quirks
 are not the kernel's.  Per sweep point: the median of boot medians with a
-hierarchical-bootstrap 95% CI, the change of B against A, Welch's p on the
+hierarchical-bootstrap 95% CI, the change of B against A, Student's (equal boots) or Welch's p on the
 boot medians, a verdict that needs both p < alpha and a change of at least
 min_effect_pct, and the spread within and between boots.
 """

@@ -83,14 +83,18 @@ def spread(boots: list[list[float]]) -> tuple[float, float]:
 
 
 def boot_test(a: list[list[float]], b: list[list[float]]) -> float:
-    """Two-sided p of Welch's t on the boot medians (1.0 when either side
-    has fewer than two boots, or both sides have no spread at all)."""
+    """Two-sided p of Student's t on the boot medians when both sides have
+    as many boots, Welch's t otherwise (1.0 when either side has fewer than
+    two boots, or both sides have no spread at all).  With equal sides the
+    pooled t is robust to unequal spreads and keeps 2n - 2 degrees of
+    freedom; Welch's fall towards n - 1 when one side is steady (measured:
+    a rate-limited side, 3 boots each, -59% came out p = 0.050)."""
     ma, mb = boot_medians(a), boot_medians(b)
     if len(ma) < 2 or len(mb) < 2:
         return 1.0
     if np.var(ma) == 0 and np.var(mb) == 0:
         return 1.0 if np.mean(ma) == np.mean(mb) else 0.0
-    return float(scistats.ttest_ind(ma, mb, equal_var=False).pvalue)
+    return float(scistats.ttest_ind(ma, mb, equal_var=len(ma) == len(mb)).pvalue)
 
 
 def compare(point, a: list[list[float]], b: list[list[float]], *, higher_is_better=True, alpha=0.05,

@@ -60,7 +60,7 @@ class SoftnetRow:
             return values[name]
         if name in SOFTNET_FIELDS:
             raise MissingCounter(f"softnet_stat of this kernel has no {name} column "
-                                 f"(it prints {len(values) + 1} columns)")
+                                 f"(it has {', '.join(values)})")
         raise AttributeError(name)
 
     def __sub__(self, other: "SoftnetRow") -> "SoftnetRow":

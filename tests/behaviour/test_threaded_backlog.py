@@ -26,7 +26,7 @@ pytestmark = pytest.mark.needs(SteeredVeth.NEEDS)
 
 def needs_sysctl(guest):
     if not has_backlog_sysctl(guest):
-        pytest.skip(f"kernel {guest.release} has no net.core.backlog_threaded (seed 002); {SEED_002_HINT}")
+        pytest.skip(f"needs net.core.backlog_threaded (seed 002): kernel {guest.release} has none; {SEED_002_HINT}")
 
 
 @pytest.fixture
