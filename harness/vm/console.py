@@ -56,6 +56,16 @@ def connect_unix(path: Path, timeout: float = 10.0) -> socket.socket:
             time.sleep(0.01)
 
 
+def _close_reader(sock: socket.socket, reader: threading.Thread):
+    """Shut a channel's socket so its reader thread sees EOF, then close it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    reader.join(timeout=5)
+    sock.close()
+
+
 class ConsoleLog:
     """Reads serial 0 in a thread: log file, splat scanner, line waiters."""
 
@@ -165,12 +175,7 @@ class ConsoleLog:
         return len(self.lines)
 
     def close(self):
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._thread.join(timeout=5)
-        self._sock.close()
+        _close_reader(self._sock, self._thread)
 
 
 class Job:
@@ -379,9 +384,4 @@ class AgentChannel:
         self.fail("the guest is gone (command channel closed)")
 
     def close(self):
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._thread.join(timeout=5)
-        self._sock.close()
+        _close_reader(self._sock, self._thread)

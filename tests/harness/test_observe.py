@@ -1,25 +1,13 @@
-"""Observations: softnet_stat across kernel layouts, and exact accounting of
-frames sent from the host into a guest NIC (issue 4, first part)."""
+"""Observations on a live guest: one full snapshot, and exact accounting of
+frames sent from the host into a guest NIC (the parsers: tests/unit)."""
 import time
 
 from pyroute2 import IPRoute
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from harness.measure.observe import (snapshot)
+from harness.measure.observe import snapshot
 from harness.measure.traffic import send_frames
-
-# 13 columns: the 5.10-6.7 layout (6.1), written in its format; 15 columns:
-# real rows read on this host (6.18). A live guest (6.12) is parsed below.
-ROWS_13 = ("0000a3f1 00000002 00000007 00000000 00000000 00000000 00000000 00000000 "
-           "00000000 00000011 00000000 00000000 00000000\n"
-           "00003a2c 00000000 00000001 00000000 00000000 00000000 00000000 00000000 "
-           "00000000 00000004 00000000 00000003 00000001\n")
-ROWS_15 = ("0000075e 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 "
-           "00000000 00000000 00000000 00000000 00000000 00000000\n"
-           "00002959 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 "
-           "00000000 00000000 00000000 00000001 00000002 00000001\n")
-
 
 
 def test_guest_snapshot_reads_every_part(lab):

@@ -10,25 +10,6 @@ from harness.measure.observe import snapshot
 from harness.measure.pktgen import Pktgen, PktgenError
 from harness.measure.traffic import Capture, http_load, send_frames, tcp_stream
 
-PKTGEN_RESULT = """Params: count 10000  min_pkt_size: 60  max_pkt_size: 60
-Current:
-     pkts-sofar: 10000  errors: 3
-Result: OK: 446330(c446000+d330) usec, 10000 (60byte,0frags)
-  22404pps 10Mb/sec (10753920bps) errors: 3
-"""
-
-WRK_OUTPUT = """Running 2s test @ http://10.77.2.1/
-  1 threads and 16 connections
-  Thread Stats   Avg      Stdev     Max   +/- Stdev
-    Latency    25.10ms    3.22ms  40.01ms   70.00%
-  1234 requests in 2.00s, 345.67KB read
-  Socket errors: connect 0, read 2, write 0, timeout 1
-  Non-2xx or 3xx responses: 5
-Requests/sec:    617.00
-Transfer/sec:    172.83KB
-"""
-
-
 
 @pytest.mark.needs(Pktgen.NEEDS)
 def test_pktgen_count_agrees_with_guest_tx_counters(lab):
