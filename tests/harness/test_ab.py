@@ -12,11 +12,14 @@ def per_boot(rng, centre, n_boots=4, runs=5, sd=2.0):
     return [[centre + rng.gauss(0, sd) for _ in range(runs)] for _ in range(n_boots)]
 
 
-
 @pytest.mark.slow
 @pytest.mark.needs(Pktgen.NEEDS)
 def test_ab_same_kernel_reports_no_significant_change(ab):
-    report = ab("pktgen_queue_xmit", boots=3, runs=3)
+    """At the default alpha 0.05 one A/A in twenty says "slower" or "faster"
+    by design (bench-ab measures that rate); a test run once per CI run
+    asks at alpha 0.001 instead, so a verdict here means the sides really
+    differ (a side measured differently), not bad luck."""
+    report = ab("pktgen_queue_xmit", boots=3, runs=3, alpha=0.001)
     assert [s.verdict for s in report.stats] == ["no significant change"], report.table()
     report.assert_not_slower(5)
 
