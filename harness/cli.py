@@ -191,6 +191,23 @@ def cmd_kernel_show(args):
           f"config: {kernel.config_path}\nmodules: {kernel.modules_dir}")
 
 
+def cmd_ksft(args):
+    """`pytest --ksft TARGETS ...` from the repository, without a test file."""
+    import os
+    import pytest
+    from .kcheck import ROOT
+    argv = ["--rootdir", str(ROOT), "-p", "no:cacheprovider", "--ksft", args.targets, "-rfEs",
+            "--ksft-retries", str(args.retries)]
+    for option, value in (("--ksft-source", args.source), ("--ksft-jobs", args.jobs), ("-k", args.k),
+                          ("--accel", args.accel)):
+        if value is not None:
+            argv += [option, str(value)]
+    if args.kernel:
+        argv += ["--kernel", os.path.abspath(args.kernel)]
+    extra = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+    return int(pytest.main(argv + extra))
+
+
 def cmd_down(args):
     """Remove what harness runs left behind: guests of dead owners, or all with --all."""
     import libvirt
@@ -322,6 +339,16 @@ def main(argv=None):
     up.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     up.add_argument("--timeout", type=float, default=120.0, help="per command, seconds")
     up.set_defaults(fn=cmd_up)
+    ks = sub.add_parser("ksft", help="run kernel selftests in guests (pytest --ksft without a test file)")
+    ks.add_argument("targets", help="kselftest collections, comma-separated: net,net/forwarding,drivers/net")
+    ks.add_argument("-k", help="only the tests this pytest -k expression selects (e.g. 'rps or rtnetlink')")
+    ks.add_argument("--kernel", help="the guest kernel (default: Debian's 6.12)")
+    ks.add_argument("--source", help="a kernel tree or debian:SERIES (default: the --kernel tree, else debian:6.12)")
+    ks.add_argument("--jobs", type=int, help="guests at once (default: from host CPUs and memory)")
+    ks.add_argument("--retries", type=int, default=1, help="reruns of a failed test in a fresh guest (default 1)")
+    ks.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+    ks.add_argument("pytest_args", nargs=argparse.REMAINDER, help="-- more pytest options (e.g. --junitxml F)")
+    ks.set_defaults(fn=cmd_ksft)
     down = sub.add_parser("down", help="remove guests left by killed runs (--keep-guests, SIGKILL)")
     down.add_argument("--all", action="store_true", help="also guests of running harness processes")
     down.set_defaults(fn=cmd_down)

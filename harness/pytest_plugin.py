@@ -23,6 +23,7 @@ from .vm.splat import Splat
 from .vm.kernel import Kernel
 from .lab.lab import Lab
 from .vm.needs import MissingKernelFeature, Version, unmet
+from .ksft import items as ksft_items
 from .util import HarnessError
 
 GUEST_DEFAULTS = {"vcpus": 2, "memory_mb": 512, "cmdline": ""}
@@ -42,6 +43,7 @@ def pytest_addoption(parser):
                     help="leave guests running after the session (remove with `harness down`)")
     group.addoption("--harness-logs", default=None,
                     help="where console logs go (default: <rootdir>/logs/<run>, logs/latest)")
+    ksft_items.addoptions(group)
 
 
 def pytest_configure(config):
@@ -58,6 +60,7 @@ def pytest_configure(config):
                                       config.getoption("kconfig"))
         except HarnessError as e:
             raise pytest.UsageError(str(e)) from None
+    config.addinivalue_line("markers", "ksft: a kernel selftest (collection:test) collected by --ksft")
     config._harness = HarnessSession(config, kernel)
     config.pluginmanager.register(config._harness, "harness-session")
 
@@ -75,6 +78,8 @@ class HarnessSession:
         self._ready = False
         self._log_dir: Path | None = None
         self.guest_numbers = itertools.count(1)
+        self.cleanups: list = []  # more to stop with the guests (the selftests' pool)
+        self.ksft = ksft_items.KsftRuns(config, self) if config.getoption("ksft") else None
 
     # -- lazily checked environment: one clear error for the whole session ----
     @property
@@ -142,6 +147,8 @@ class HarnessSession:
         # process that built the guests and labs may tear them down.
         if os.getpid() != getattr(self, "_owner", os.getpid()):
             return
+        while self.cleanups:
+            self.cleanups.pop()()
         for lab in list(self.labs):
             self.stop_lab(lab)
         for guest in list(self.guests):
@@ -263,6 +270,21 @@ class HarnessSession:
 
     def pytest_sessionfinish(self, session):
         self.stop_all()
+
+    # -- kernel selftests (--ksft): they replace the files in tests/ --------------
+    def pytest_ignore_collect(self, collection_path, config):
+        return True if self.ksft is not None else None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, session, config, items):
+        if self.ksft is not None:
+            try:
+                items[:] = self.ksft.items(session)
+            except HarnessError as e:
+                raise pytest.UsageError(str(e)) from None
+
+    def pytest_report_teststatus(self, report, config):
+        return ksft_items.report_teststatus(report)
 
     def pytest_report_header(self, config):
         kernel = self._kernel

@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from ..endpoint import cmd
 from ..util import REPO, HarnessError, cache_dir
@@ -48,7 +49,7 @@ class BuildError(HarnessError):
 class Source:
     name: str       # names the work directory and the output
     identity: str   # changes whenever the source does
-    prepare: object  # callable(work_dir): put a pristine tree there
+    prepare: Callable[[Path], None]  # put a pristine tree in the work directory
 
 
 def debian_source(series: str) -> Source:
