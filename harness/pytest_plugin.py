@@ -169,13 +169,13 @@ class HarnessSession:
             if lab in self.labs:
                 self.labs.remove(lab)
             raise
-        self.guests += lab.guests.values()
+        self.guests += lab.all_guests
         return lab
 
     def stop_lab(self, lab: Lab):
         if lab in self.labs:
             self.labs.remove(lab)
-        for guest in lab.guests.values():
+        for guest in lab.all_guests:
             if guest in self.guests:
                 self.guests.remove(guest)
         if not self.config.getoption("keep_guests"):
@@ -376,7 +376,7 @@ def lab(harness, _module_labs):
 
     def get(topology: str) -> Lab:
         current = _module_labs.get(topology)
-        if current is not None and not all(g.alive for g in current.guests.values()):
+        if current is not None and not all(g.alive for g in current.all_guests):
             harness.stop_lab(current)  # a guest crashed: the next test gets a fresh lab
             current = None
         if current is None:

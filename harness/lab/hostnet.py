@@ -227,6 +227,34 @@ class HostNet:
         path = Path("/proc/sys") / key.replace(".", "/")
         in_netns(ns_name, lambda ipr: path.write_text(value))
 
+    def apply(self, plan: list[dict]) -> dict[str, dict[str, str]]:
+        """Create the objects of a plan (render.host_plan), in order;
+        returns the real names: {"links": {short: name}, "namespaces":
+        {short: netns}}."""
+        links: dict[str, str] = {}
+        namespaces: dict[str, HostNamespace] = {}
+        for step in plan:
+            op = step["op"]
+            if op == "bridge":
+                links[step["name"]] = self.add_bridge(step["name"])
+            elif op == "tap":
+                links[step["name"]] = self.add_tap(step["name"], queues=step["queues"], mtu=step["mtu"],
+                                                   tx_queue_len=step["tx_queue_len"],
+                                                   bridge=links[step["bridge"]] if step["bridge"] else None)
+            elif op == "namespace":
+                namespaces[step["name"]] = self.add_namespace(step["name"])
+            elif op == "veth":
+                links[step["name"]] = self.add_veth_into(step["name"], namespaces[step["namespace"]],
+                                                         step["ifname"], bridge=links[step["bridge"]],
+                                                         address=step["address"], mtu=step["mtu"])
+            elif op == "route":
+                self.add_route(namespaces[step["namespace"]], step["to"], step["via"])
+            elif op == "sysctl":
+                self.sysctl(namespaces[step["namespace"]].netns, step["key"], step["value"])
+            else:
+                raise HostNetError(f"host plan: unknown step {op!r}")
+        return {"links": links, "namespaces": {short: ns.netns for short, ns in namespaces.items()}}
+
     # -- teardown -----------------------------------------------------------------
     def teardown(self):
         if os.getpid() != self.owner:

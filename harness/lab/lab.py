@@ -22,11 +22,9 @@ from . import model, render
 from ..vm.needs import MissingKernelFeature, unmet
 from ..endpoint import Endpoint
 from ..vm.guest import Guest
-from .hostnet import HostNamespace, HostNet
+from .hosts import LocalHost, Plumbing
 from ..vm.kernel import Kernel
 from ..util import HarnessError
-
-VHOST_NET = "/dev/vhost-net"
 
 
 class LabError(HarnessError):
@@ -64,15 +62,19 @@ class Lab:
     """One topology, up or down.  ``up()`` undoes its own work if it fails."""
 
     def __init__(self, topology: model.Topology, *, kernel: Kernel, accel: str = "tcg",
-                 log_dir: Path | None = None, kernels: dict[str, Kernel] | None = None):
+                 log_dir: Path | None = None, kernels: dict[str, Kernel] | None = None, host=None):
         self.topology = topology
         self.kernel = kernel
         self.kernels = kernels or {}
         self.accel = accel
         self.log_dir = log_dir
-        self.host: HostNet | None = None
+        # where the host side lives: this machine, or the guest hosting a
+        # nested lab (harness.lab.nest.GuestHost)
+        self.host = host or LocalHost()
+        self.plumbing: Plumbing | None = None
         self.guests: dict[str, Guest] = {}
-        self.host_namespaces: dict[str, HostNamespace] = {}
+        self.nested_labs: dict[str, Lab] = {}   # guest name -> the lab it hosts
+        self.host_namespaces: dict[str, Endpoint] = {}
         self.taps: dict[str, str] = {}          # topology tap -> host tap name
         self.backends: dict[str, str] = {}      # topology tap -> "vhost" | "userspace"
         self.up_seconds: float | None = None
@@ -91,7 +93,7 @@ class Lab:
             raise LabError(f"lab {self.topology.name}: no guest {name!r}; "
                            f"guests: {sorted(self.guests)}") from None
 
-    def host_ns(self, name: str) -> HostNamespace:
+    def host_ns(self, name: str) -> Endpoint:
         try:
             return self.host_namespaces[name]
         except KeyError:
@@ -104,9 +106,22 @@ class Lab:
             raise LabError(f"lab {self.topology.name}: guest {guest} has no container {name!r}")
         return Container(self.guest(guest), name)
 
+    def nested(self, guest: str) -> "Lab":
+        """The lab that guest ``guest`` hosts (its ``nested:`` topology)."""
+        try:
+            return self.nested_labs[guest]
+        except KeyError:
+            raise LabError(f"lab {self.topology.name}: guest {guest!r} hosts no nested lab; "
+                           f"hosts: {sorted(self.nested_labs) or 'none'}") from None
+
+    @property
+    def all_guests(self) -> list[Guest]:
+        """The lab's guests and those of the labs nested in them."""
+        return [*self.guests.values(), *(g for lab in self.nested_labs.values() for g in lab.all_guests)]
+
     @property
     def lab_id(self) -> str:
-        return self.host.lab_id if self.host else "----"
+        return self.plumbing.lab_id if self.plumbing else "----"
 
     # -- lifecycle ----------------------------------------------------------------
     def __enter__(self):
@@ -119,12 +134,14 @@ class Lab:
         t0 = time.monotonic()
         try:
             self._check_environment()
-            self.host = HostNet()
-            interfaces = self._host_side()
-            self._boot_guests(interfaces)
+            nics = self._host_side()
+            self._boot_guests(nics)
             for spec in self.topology.guests:
                 self._configure_guest(spec)
             self._wait_reachable()
+            for spec in self.topology.guests:
+                if spec.nested is not None:
+                    self._up_nested(spec)
         except BaseException:
             self.down()
             raise
@@ -134,13 +151,15 @@ class Lab:
     def down(self):
         if os.getpid() != self._owner:
             return  # a forked copy of the owner unwinding its stack: not ours to remove
+        nested, self.nested_labs = list(self.nested_labs.values()), {}
+        for lab in nested:  # inside guests that are still up: they leave nothing there either
+            lab.down()
         guests, self.guests = list(self.guests.values()), {}
         if guests:
             with ThreadPoolExecutor(len(guests)) as pool:
                 list(pool.map(lambda g: g.stop(), guests))
-        if self.host is not None:
-            self.host.teardown()
-            self.host = None
+        self.host.teardown()
+        self.plumbing = None
         self.host_namespaces = {}
 
     def _check_environment(self):
@@ -149,50 +168,33 @@ class Lab:
             reasons = unmet(kernel, spec.NEEDS)
             if reasons:
                 raise MissingKernelFeature(f"lab {self.topology.name}: guest {spec.name}: {'; '.join(reasons)}")
+        missing = self.host.vhost_missing(self.accel)
         for gi, spec in enumerate(self.topology.guests):
             for ni, nic in enumerate(spec.nics):
-                if nic.vhost == "on" and not os.path.exists(VHOST_NET):
-                    raise LabError(f"{self.topology.source}: guests[{gi}].nics[{ni}].vhost: on, "
-                                   f"but this host has no {VHOST_NET} (modprobe vhost_net, or "
-                                   "use vhost: auto)")
+                if nic.vhost == "on" and missing:
+                    raise LabError(f"{self.topology.source}: {self.topology.path}guests[{gi}].nics[{ni}].vhost: "
+                                   f"on, but {missing}; or use vhost: auto")
 
-    def _host_side(self) -> dict[str, list[str]]:
-        """Bridges, taps and host namespaces; returns each guest's NIC XML."""
-        topo, host = self.topology, self.host
-        assert host is not None
-        bridges = {b.name: host.add_bridge(b.name) for b in topo.bridges}
-        tap_peers = {link.peer.split(":", 1)[1] for ns in topo.host for link in ns.links
-                     if link.peer.startswith("tap:")}
-        tap_bridges = {}
-        interfaces: dict[str, list[str]] = {}
-        for gi, spec in enumerate(topo.guests):
-            interfaces[spec.name] = []
+    def _host_side(self) -> dict[str, tuple[list[str], list[str]]]:
+        """Bridges, taps and host namespaces; returns each guest's NICs:
+        (libvirt XML, QEMU arguments)."""
+        self.plumbing = plumbing = self.host.plumb(render.host_plan(self.topology))
+        vhost_net = self.host.vhost_missing(self.accel) is None
+        nics: dict[str, tuple[list[str], list[str]]] = {}
+        for gi, spec in enumerate(self.topology.guests):
+            xml, args = nics[spec.name] = ([], [])
             for ni, nic in enumerate(spec.nics):
-                bridge = bridges.get(nic.bridge) if nic.bridge else None
-                if bridge is None and nic.tap in tap_peers:
-                    # A tap's own segment, joined by host namespaces.
-                    bridge = tap_bridges[nic.tap] = host.add_bridge(f"{nic.tap}b")
-                tap = host.add_tap(nic.tap, queues=nic.queues, mtu=nic.mtu,
-                                   tx_queue_len=nic.tx_queue_len, bridge=bridge)
-                self.taps[nic.tap] = tap
-                vhost = nic.vhost == "on" or (nic.vhost == "auto" and os.path.exists(VHOST_NET))
+                tap = self.taps[nic.tap] = plumbing.links[nic.tap]
+                vhost = nic.vhost != "off" and vhost_net
                 self.backends[nic.tap] = "vhost" if vhost else "userspace"
-                interfaces[spec.name].append(render.nic_xml(tap=tap, mac=self._mac(gi, ni, nic), queues=nic.queues,
-                                                            vhost=vhost, mtu=nic.mtu))
-        for ns_spec in topo.host:
-            ns = host.add_namespace(ns_spec.name)
-            self.host_namespaces[ns_spec.name] = ns
-            for li, link in enumerate(ns_spec.links):
-                kind, target = link.peer.split(":", 1)
-                bridge = bridges[target] if kind == "bridge" else tap_bridges[target]
-                mtu = next((n.mtu for g in topo.guests for n in g.nics if n.tap == target), None)
-                host.add_veth_into(f"v{ns_spec.name[:5]}{li}", ns, link.name, bridge=bridge,
-                                   address=link.address, mtu=mtu)
-            for route in ns_spec.routes:
-                host.add_route(ns, route.to, route.via)
-            if ns_spec.forwarding:
-                host.sysctl(ns.netns, "net.ipv4.ip_forward", "1")
-        return interfaces
+                mac = self._mac(gi, ni, nic)
+                if vhost and self.accel != "kvm":
+                    args += render.nic_args(tap=tap, mac=mac, queues=nic.queues, mtu=nic.mtu, index=ni)
+                else:
+                    xml.append(render.nic_xml(tap=tap, mac=mac, queues=nic.queues, vhost=vhost, mtu=nic.mtu))
+        self.host_namespaces = {short: self.host.namespace(netns, short)
+                                for short, netns in plumbing.namespaces.items()}
+        return nics
 
     def _kernel_for(self, spec: model.Guest) -> Kernel:
         """default, a name given to Lab(kernels=...), or a bzImage / build
@@ -204,6 +206,8 @@ class Lab:
     def _resolve_kernel(self, spec: model.Guest) -> Kernel:
         if spec.kernel == "default":
             return self.kernel
+        if spec.kernel == "debian":  # Debian's, whatever the lab's default is (an A/B of host kernels)
+            return Kernel.default()
         if spec.kernel in self.kernels:
             return self.kernels[spec.kernel]
         path = Path(spec.kernel)
@@ -213,21 +217,21 @@ class Lab:
         try:
             return Kernel.from_path(path)
         except HarnessError as e:
-            raise LabError(f"{self.topology.source}: guests[{gi}].kernel: {e}") from None
+            raise LabError(f"{self.topology.source}: {self.topology.path}guests[{gi}].kernel: {e}") from None
 
     def _mac(self, gi: int, ni: int, nic: model.Nic) -> str:
         return nic.mac or _mac(self.lab_id, gi, ni)
 
-    def _boot_guests(self, interfaces: dict[str, list[str]]):
+    def _boot_guests(self, nics: dict[str, tuple[list[str], list[str]]]):
         errors: list[BaseException] = []
-        assert self.host is not None
-        lab_id = self.host.lab_id
+        lab_id = self.lab_id
 
         def boot(spec: model.Guest):
             kernel = self._kernel_for(spec)
             guest = Guest(f"{spec.name}-{lab_id}", kernel, vcpus=spec.vcpus,
                           memory_mb=spec.memory_mb, cmdline=spec.cmdline, accel=self.accel,
-                          log_dir=self.log_dir, interfaces=interfaces[spec.name])
+                          log_dir=self.log_dir, interfaces=nics[spec.name][0], qemu_args=nics[spec.name][1],
+                          hypervisor=self.host.hypervisor)
             with lock:
                 self.guests[spec.name] = guest  # stopped by down() even if start fails
             try:
@@ -243,6 +247,30 @@ class Lab:
             t.join()
         if errors:
             raise errors[0]
+        self._check_backends()
+
+    def _check_backends(self):
+        """The backends reported are the ones QEMU runs: it holds one
+        vhost-net descriptor per queue pair of each vhost NIC, none else."""
+        for spec in self.topology.guests:
+            want = sum(n.queues for n in spec.nics if self.backends[n.tap] == "vhost")
+            held = self.guests[spec.name].domain.vhost_fds()
+            if held != want:
+                raise LabError(f"lab {self.topology.name}: guest {spec.name}: QEMU holds {held} vhost-net "
+                               f"descriptors, expected {want} (backends {self.backends})")
+
+    def _up_nested(self, spec: model.Guest):
+        """The lab ``spec`` hosts: libvirtd and the nest server started in
+        the guest, then the same Lab code, with that guest as its host."""
+        from .nest import GuestHost
+        assert spec.nested is not None
+        host = GuestHost(self.guests[spec.name], log_dir=self.log_dir)
+        inner = Lab(spec.nested, kernel=self.kernel, kernels=self.kernels, log_dir=self.log_dir,
+                    host=host)
+        self.nested_labs[spec.name] = inner  # torn down by down() even if up() fails
+        host.start(accel=self.accel, kernels=[inner._kernel_for(g) for g in spec.nested.guests])
+        inner.accel = host.accel
+        inner.up()
 
     # -- inside a guest ----------------------------------------------------------------
     def _configure_guest(self, spec: model.Guest):
@@ -298,9 +326,12 @@ class Lab:
             lines.append(f"  guest {name}: {guest.domain_name}, kernel {guest.release}")
         for tap, host_tap in self.taps.items():
             lines.append(f"  tap {tap}: {host_tap} ({self.backends[tap]})")
-        for name, ns in self.host_namespaces.items():
-            lines.append(f"  host namespace {name}: {ns.netns}")
+        for name, netns in (self.plumbing.namespaces if self.plumbing else {}).items():
+            lines.append(f"  host namespace {name}: {netns}")
         for spec in self.topology.guests:
             for c in spec.containers:
                 lines.append(f"  container {spec.name}/{c.name}")
+        for name, lab in self.nested_labs.items():
+            lines += [f"  in guest {name}: " + lab.describe().splitlines()[0]]
+            lines += ["    " + line for line in lab.describe().splitlines()[1:]]
         return "\n".join(lines)

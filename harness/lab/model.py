@@ -82,11 +82,22 @@ class Guest:
     routes: tuple[Route, ...] = ()
     nics: tuple[Nic, ...] = ()
     containers: tuple[Namespace, ...] = ()
+    # a lab inside this guest: it runs libvirtd and QEMU from the host's
+    # root and hosts the nested lab's guests, taps, bridges and namespaces
+    nested: "Topology | None" = None
 
     @property
     def NEEDS(self) -> tuple[str, ...]:
         """What this guest's kernel must have for the lab to build it."""
         needs = []
+        if self.nested is not None:
+            needs += ["CONFIG_TUN"]
+            if self.nested.bridges or self.nested.host:
+                needs.append("CONFIG_BRIDGE")
+            if self.nested.host:
+                needs += ["CONFIG_NET_NS", "CONFIG_VETH"]
+            if any(n.vhost == "on" for g in self.nested.guests for n in g.nics):
+                needs.append("CONFIG_VHOST_NET")
         if self.containers:
             needs += ["CONFIG_NET_NS", "CONFIG_VETH"]
         if any(n.rps for n in self.nics):
@@ -109,7 +120,8 @@ class Topology:
     guests: tuple[Guest, ...] = ()
     bridges: tuple[Bridge, ...] = ()
     host: tuple[Namespace, ...] = ()      # host "containers": namespaces the lab owns
-    source: str = "<memory>"
+    source: str = "<memory>"              # the file (not a YAML key)
+    path: str = ""                        # where in it: "guests[0].nested." for a nested lab
 
     def guest(self, name: str) -> Guest:
         return next(g for g in self.guests if g.name == name)
@@ -140,21 +152,32 @@ def parse(text: str, source: str = "<string>") -> Topology:
         raise TopologyError(source, where, f"not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(data, dict):
         raise TopologyError(source, "", "expected a mapping with name, guests, bridges, host")
-    topo = _build(Topology, {**data, "source": source}, source, "")
+    topo = _placed(_build(Topology, data, source, ""), source, "")
     _check_references(topo)
     return topo
+
+
+INTERNAL = ("source", "path")  # fields the loader sets, never read from YAML
+
+
+def _placed(topo: Topology, source: str, path: str) -> Topology:
+    """``topo`` and the labs nested in its guests, told which file and
+    which place in it they come from (errors and relative paths use it)."""
+    guests = tuple(dataclasses.replace(g, nested=_placed(g.nested, source, f"{path}guests[{gi}].nested."))
+                   if g.nested is not None else g for gi, g in enumerate(topo.guests))
+    return dataclasses.replace(topo, guests=guests, source=source, path=path)
 
 
 def _build(cls, data, source: str, path: str):
     """Construct dataclass ``cls`` from ``data``, checking keys and types."""
     if not isinstance(data, dict):
         raise TopologyError(source, path or "(top)", f"expected a mapping, got {_kind(data)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in INTERNAL}
     hints = typing.get_type_hints(cls)
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         where = f"{path}.{unknown[0]}" if path else str(unknown[0])
-        raise TopologyError(source, where, f"unknown key; expected one of {sorted(k for k in fields if k != 'source')}")
+        raise TopologyError(source, where, f"unknown key; expected one of {sorted(fields)}")
     values = {}
     for name, field in fields.items():
         where = f"{path}.{name}" if path else name
@@ -293,25 +316,29 @@ def _interface(text, source, where):
 
 
 def _check_references(topo: Topology):
-    src = topo.source
+    src, at = topo.source, topo.path
 
     def unique(items, path, what):
         seen = {}
         for i, item in enumerate(items):
             if item.name in seen:
-                raise TopologyError(src, f"{path}[{i}].name",
-                                    f"{what} {item.name!r} is already defined at {path}[{seen[item.name]}]")
+                raise TopologyError(src, f"{at}{path}[{i}].name",
+                                    f"{what} {item.name!r} is already defined at {at}{path}[{seen[item.name]}]")
             seen[item.name] = i
 
     unique(topo.guests, "guests", "guest")
     unique(topo.bridges, "bridges", "bridge")
     unique(topo.host, "host", "namespace")
+    for gi, guest in enumerate(topo.guests):
+        if guest.nested is not None:
+            _check_host_memory(guest, src, f"{at}guests[{gi}]")
+            _check_references(guest.nested)
     bridges = {b.name for b in topo.bridges}
     taps: dict[str, str] = {}
     for gi, guest in enumerate(topo.guests):
         unique(guest.containers, f"guests[{gi}].containers", "container")
         for ni, nic in enumerate(guest.nics):
-            where = f"guests[{gi}].nics[{ni}]"
+            where = f"{at}guests[{gi}].nics[{ni}]"
             if nic.tap in taps:
                 raise TopologyError(src, f"{where}.tap", f"tap {nic.tap!r} is already used by {taps[nic.tap]}")
             taps[nic.tap] = where
@@ -320,11 +347,28 @@ def _check_references(topo: Topology):
                                     f"no bridge {nic.bridge!r}; defined: {sorted(bridges) or 'none'}")
         names = {c.name for c in guest.containers}
         for ci, ns in enumerate(guest.containers):
-            _check_links(src, f"guests[{gi}].containers[{ci}]", ns, set(), set(), names, in_guest=True)
+            _check_links(src, f"{at}guests[{gi}].containers[{ci}]", ns, set(), set(), names, in_guest=True)
     for hi, ns in enumerate(topo.host):
-        _check_links(src, f"host[{hi}]", ns, bridges, set(taps), {n.name for n in topo.host},
+        _check_links(src, f"{at}host[{hi}]", ns, bridges, set(taps), {n.name for n in topo.host},
                      in_guest=False)
     _check_subnets(topo)
+
+
+# what a guest hosting a nested lab needs besides its nested guests' memory:
+# libvirtd, virtlogd, the nest server (python) and QEMU's own, per guest
+NESTING_OVERHEAD_MB = 384
+PER_NESTED_GUEST_MB = 128
+
+
+def _check_host_memory(guest: Guest, src: str, path: str):
+    assert guest.nested is not None
+    inner = guest.nested.guests
+    need = NESTING_OVERHEAD_MB + sum(g.memory_mb + PER_NESTED_GUEST_MB for g in inner)
+    if guest.memory_mb < need:
+        raise TopologyError(src, f"{path}.memory_mb",
+                            f"{guest.memory_mb} MiB cannot host its nested guests ({sum(g.memory_mb for g in inner)} "
+                            f"MiB of guests, {PER_NESTED_GUEST_MB} MiB of QEMU each, {NESTING_OVERHEAD_MB} for "
+                            f"libvirtd and the nest server): expected at least {need}")
 
 
 def _check_links(src, path, ns, bridges, taps, containers, in_guest):
@@ -348,13 +392,13 @@ def _check_subnets(topo: Topology):
     for gi, guest in enumerate(topo.guests):
         for ni, nic in enumerate(guest.nics):
             if nic.address:
-                nets.append((ipaddress.ip_interface(nic.address).network, f"guests[{gi}].nics[{ni}].address",
+                nets.append((ipaddress.ip_interface(nic.address).network, f"{topo.path}guests[{gi}].nics[{ni}].address",
                              f"bridge:{nic.bridge}" if nic.bridge else f"tap:{nic.tap}"))
     for hi, ns in enumerate(topo.host):
         for li, link in enumerate(ns.links):
             if link.address:
                 nets.append((ipaddress.ip_interface(link.address).network,
-                             f"host[{hi}].links[{li}].address", link.peer))
+                             f"{topo.path}host[{hi}].links[{li}].address", link.peer))
     for i, (net, path, segment) in enumerate(nets):
         for other, other_path, other_segment in nets[:i]:
             if segment != other_segment and net.overlaps(other):

@@ -1,7 +1,9 @@
-"""What a lab renders, as pure functions of the topology model: a guest
-NIC's libvirt XML, nginx's config, and the one shell script that configures
-a guest (its NICs, sysctls, routes and containers).  Golden tests pin
-their output; harness.lab.lab only runs it.
+"""What a lab renders, as pure functions of the topology model: the host
+side's plan (bridges, taps, namespaces, veth pairs), a guest NIC's libvirt
+XML, nginx's config, and the one shell script that configures a guest (its
+NICs, sysctls, routes and containers).  Golden tests pin their output;
+harness.lab.lab only runs it, on this machine or, for a nested lab, in the
+guest that hosts it.
 """
 from __future__ import annotations
 
@@ -11,6 +13,51 @@ from xml.sax.saxutils import quoteattr
 from . import model
 
 LAB_DIR = "/run/harness/lab"   # in the guest (tmpfs)
+
+
+def host_plan(topo: model.Topology) -> list[dict]:
+    """The host objects of a lab, in creation order, as plain data (it
+    crosses into a guest for a nested lab).  Names are the topology's
+    short names; whoever applies the plan prefixes them (hostnet.HostNet)."""
+    steps: list[dict] = [{"op": "bridge", "name": b.name} for b in topo.bridges]
+    tap_peers = {link.peer.split(":", 1)[1] for ns in topo.host for link in ns.links
+                 if link.peer.startswith("tap:")}
+    mtus: dict[str, int] = {}
+    for spec in topo.guests:
+        for nic in spec.nics:
+            bridge = nic.bridge
+            if bridge is None and nic.tap in tap_peers:
+                bridge = f"{nic.tap}b"  # a tap's own segment, joined by host namespaces
+                steps.append({"op": "bridge", "name": bridge})
+            mtus[nic.tap] = nic.mtu
+            steps.append({"op": "tap", "name": nic.tap, "queues": nic.queues, "mtu": nic.mtu,
+                          "tx_queue_len": nic.tx_queue_len, "bridge": bridge})
+    for ns in topo.host:
+        steps.append({"op": "namespace", "name": ns.name})
+        for li, link in enumerate(ns.links):
+            kind, target = link.peer.split(":", 1)
+            steps.append({"op": "veth", "name": f"v{ns.name[:5]}{li}", "namespace": ns.name,
+                          "ifname": link.name, "bridge": target if kind == "bridge" else f"{target}b",
+                          "address": link.address, "mtu": mtus.get(target) if kind == "tap" else None})
+        for route in ns.routes:
+            steps.append({"op": "route", "namespace": ns.name, "to": route.to, "via": route.via})
+        if ns.forwarding:
+            steps.append({"op": "sysctl", "namespace": ns.name, "key": "net.ipv4.ip_forward", "value": "1"})
+    return steps
+
+
+def nic_args(*, tap: str, mac: str, queues: int, mtu: int, index: int) -> list[str]:
+    """A virtio NIC on vhost-net as QEMU arguments, for a guest under TCG:
+    libvirt gives vhost-net to KVM domains only (a TCG domain silently
+    gets QEMU's own backend), while QEMU runs vhost under TCG too (its
+    memory core emulates the ioeventfds vhost needs)."""
+    netdev = (f"tap,id=hnet{index},ifname={tap},script=no,downscript=no,vhost=on,vhostforce=on"
+              + (f",queues={queues}" if queues > 1 else ""))
+    # an integrated endpoint on pcie.0 at a slot of its own: QEMU creates it
+    # before libvirt's root ports, which take the low slots
+    device = (f"virtio-net-pci,netdev=hnet{index},id=hnic{index},mac={mac},host_mtu={mtu},"
+              f"bus=pcie.0,addr={0x10 + index:#x}" + (f",mq=on,vectors={2 * queues + 2}" if queues > 1 else ""))
+    return ["-netdev", netdev, "-device", device]
 
 
 def nic_xml(*, tap: str, mac: str, queues: int, vhost: bool, mtu: int) -> str:

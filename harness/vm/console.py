@@ -187,6 +187,7 @@ class Job:
         self.command = command
         self.console_line = console_line  # where the console was when it started
         self.on_output = None             # on_output(kind, data) as output arrives
+        self.keep_output = True           # False: a stream's bytes go to on_output only
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.rc: int | None = None
@@ -299,9 +300,22 @@ class AgentChannel:
         """``command`` (an interactive shell when empty) on a pseudo-terminal."""
         return self.start(command or "(shell)", b"T", on_output, f"{rows} {cols} {term}\n{command}".encode())
 
+    def start_stream(self, command: str, on_output) -> Job:
+        """``command`` with a pipe on its stdin (an ``S`` job): send_input()
+        feeds it, close_input() ends it; its output goes to ``on_output``
+        only (a relay or a server runs for as long as its guest)."""
+        job = self.start(command, b"S", on_output)
+        job.keep_output = False
+        return job
+
     def send_input(self, job: Job, data: bytes):
-        """Keystrokes for a ``T`` job."""
-        self.send(job.id, b"I", data)
+        """Keystrokes for a ``T`` job, bytes for an ``S`` job's stdin."""
+        for at in range(0, len(data), 1 << 16):  # the agent takes frames under 1 MiB
+            self.send(job.id, b"I", data[at:at + (1 << 16)])
+
+    def close_input(self, job: Job):
+        """End of an ``S`` job's stdin."""
+        self.send(job.id, b"I", b"")
 
     def resize(self, job: Job, rows: int, cols: int):
         self.send(job.id, b"W", f"{rows} {cols}".encode())
@@ -367,9 +381,9 @@ class AgentChannel:
                 continue
             if kind in "OE" and job.on_output is not None:
                 job.on_output(kind, payload)
-            if kind == "O":
+            if kind == "O" and job.keep_output:
                 job.stdout += payload
-            elif kind == "E":
+            elif kind == "E" and job.keep_output:
                 job.stderr += payload
             elif kind == "X":
                 job.rc = int(payload)

@@ -81,6 +81,81 @@ def reap_stale_guests() -> list[str]:
     return reaped
 
 
+class Domain:
+    """A running libvirt domain on this machine."""
+
+    def __init__(self, dom):
+        self._dom = dom
+
+    def resume(self):
+        import libvirt
+        if self._dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+            self._dom.resume()
+
+    def suspend(self):
+        import libvirt
+        if self._dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
+            self._dom.suspend()
+
+    def destroy(self):
+        import libvirt
+        try:
+            self._dom.destroy()
+        except libvirt.libvirtError:
+            pass  # already gone
+
+    def vhost_fds(self) -> int:
+        """How many /dev/vhost-net descriptors its QEMU holds (one per
+        queue pair on vhost-net)."""
+        return vhost_fds(int(Path(f"/run/libvirt/qemu/{self._dom.name()}.pid").read_text()))
+
+    def pin_vcpus(self, vcpus: int, host_cpus: list[int]):
+        total = os.cpu_count() or 1
+        for i in range(vcpus):
+            self._dom.pinVcpu(i, tuple(c == host_cpus[i % len(host_cpus)] for c in range(total)))
+
+    def __getattr__(self, name):  # the rest of virDomain (state, info, ...)
+        return getattr(self._dom, name)
+
+
+def vhost_fds(pid: int) -> int:
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd) == "/dev/vhost-net"
+        except OSError:
+            pass  # closed meanwhile
+    return count
+
+
+class LocalHypervisor:
+    """Guests on this machine: its libvirtd, its sockets, its run directory.
+    A lab guest that hosts a nested lab gives the same four calls
+    (harness.lab.nest.GuestHost)."""
+
+    name = "host"
+
+    def run_dir(self, domain_name: str) -> Path:
+        return run_dir(domain_name)
+
+    def remove_dir(self, path: Path):
+        shutil.rmtree(path, ignore_errors=True)
+
+    def create(self, xml: str) -> Domain:
+        """The domain, started paused."""
+        import libvirt
+        try:
+            return Domain(libvirt_conn().createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED))
+        except libvirt.libvirtError as e:
+            raise HarnessError(f"libvirt could not start the guest: {e}") from None
+
+    def connect(self, path: Path):
+        return connect_unix(path)
+
+
+LOCAL = LocalHypervisor()
+
+
 def _lpj(kernel: Kernel) -> str:
     """lpj= for the kernel command line: without it each secondary vCPU
     calibrates its delay loop, ~0.7 s under TCG.  The value follows the TSC,
@@ -118,7 +193,8 @@ class Guest(Endpoint):
 
     def __init__(self, name: str, kernel: Kernel, *, vcpus: int = 2, memory_mb: int = 512,
                  cmdline: str = "", accel: str = "tcg", log_dir: Path | None = None,
-                 interfaces: Sequence[str] = (), boot_timeout: float = 120.0):
+                 interfaces: Sequence[str] = (), qemu_args: Sequence[str] = (), boot_timeout: float = 120.0,
+                 hypervisor=None):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", name):
             raise HarnessError(f"guest name {name!r}: expected 1-32 letters, digits, '_', '.', '-'")
         self.name = name
@@ -128,7 +204,11 @@ class Guest(Endpoint):
         self.extra_cmdline = cmdline
         self.accel = accel
         self.interfaces = list(interfaces)
+        self.qemu_args = list(qemu_args)
         self.boot_timeout = boot_timeout
+        # where the domain runs: this machine's libvirtd, or a lab guest
+        # hosting a nested lab (harness.lab.nest)
+        self.hypervisor = hypervisor or LOCAL
         self.domain_name = f"{DOMAIN_PREFIX}-{os.getpid()}-{name}"
         self.log_dir = Path(log_dir) if log_dir else None
         self.console: Any = None  # ConsoleLog once started
@@ -138,6 +218,7 @@ class Guest(Endpoint):
         self.mark_line = 0  # console line of the last mark (per-test slicing)
         self._dom: Any = None  # the libvirt domain while it exists
         self._dir: Path | None = None
+        self._local_dir: Path | None = None
         self._owner = os.getpid()
         self._asked: dict[str, bool] = {}
 
@@ -150,28 +231,29 @@ class Guest(Endpoint):
                                        venv=venv, keep=[str(REPO), venv, modules], extra=self.extra_cmdline))
 
     def start(self) -> "Guest":
-        import libvirt
         t0 = time.monotonic()
         initrd = build_initramfs(self.kernel)
-        self._dir = run_dir(self.domain_name)
-        log_dir = self.log_dir or self._dir
+        self._dir = self.hypervisor.run_dir(self.domain_name)
+        if self.log_dir is None and self.hypervisor is not LOCAL:
+            self._local_dir = run_dir(self.domain_name)  # the console log stays on this machine
+        log_dir = self.log_dir or self._local_dir or self._dir
         log_dir.mkdir(parents=True, exist_ok=True)
         console_sock, agent_sock = self._dir / "console.sock", self._dir / "agent.sock"
         xml = domain_xml(name=self.domain_name, kernel=self.kernel, initrd=initrd,
                          cmdline=self.cmdline, vcpus=self.vcpus, memory_mb=self.memory_mb,
                          accel=self.accel, console_sock=console_sock, agent_sock=agent_sock,
-                         interfaces=self.interfaces)
+                         interfaces=self.interfaces, qemu_args=self.qemu_args)
         try:
             # Paused first: both channels are connected before the first byte.
-            self._dom = libvirt_conn().createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
-        except libvirt.libvirtError as e:
+            self._dom = self.hypervisor.create(xml)
+        except HarnessError as e:
             self._cleanup_dir()
-            raise GuestError(f"{self.name}: libvirt could not start the guest: {e}") from None
+            raise GuestError(f"{self.name}: {e}") from None
         try:
-            self.console = ConsoleLog(connect_unix(console_sock),
+            self.console = ConsoleLog(self.hypervisor.connect(console_sock),
                                       log_dir / f"{self.name}.console.log",
                                       on_panic=self._on_panic)
-            self.agent = AgentChannel(connect_unix(agent_sock), self.name, self.console)
+            self.agent = AgentChannel(self.hypervisor.connect(agent_sock), self.name, self.console)
             self.agent.time_scale = self.time_scale
             self._dom.resume()
             self.release = self.agent.wait_ready(self.boot_timeout)
@@ -213,14 +295,10 @@ class Guest(Endpoint):
 
     def stop(self):
         """Destroy the domain and remove its files; safe to call twice."""
-        import libvirt
         if os.getpid() != self._owner:
             return  # a forked copy of the owner (e.g. a pyroute2 helper) exiting
         if self._dom is not None:
-            try:
-                self._dom.destroy()
-            except libvirt.libvirtError:
-                pass  # already gone (panic, poweroff)
+            self._dom.destroy()  # quiet when already gone (panic, poweroff)
             self._dom = None
         for channel in (self.agent, self.console):
             if channel is not None:
@@ -231,8 +309,11 @@ class Guest(Endpoint):
 
     def _cleanup_dir(self):
         if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            self.hypervisor.remove_dir(self._dir)
             self._dir = None
+        if self._local_dir is not None:
+            shutil.rmtree(self._local_dir, ignore_errors=True)
+            self._local_dir = None
 
     def __enter__(self):
         return self.start()
@@ -273,21 +354,14 @@ class Guest(Endpoint):
     def pause(self):
         """Stop the vCPUs (libvirt suspend): the guest consumes nothing, and
         QEMU stops reading its taps."""
-        import libvirt
-        if self._dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
-            self._dom.suspend()
+        self._dom.suspend()
 
     def resume(self):
-        import libvirt
-        if self._dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
-            self._dom.resume()
+        self._dom.resume()
 
     def pin_vcpus(self, host_cpus: list[int]):
         """vCPU i runs on host CPU host_cpus[i % len(host_cpus)]."""
-        total = os.cpu_count() or 1
-        for i in range(self.vcpus):
-            cpumap = tuple(c == host_cpus[i % len(host_cpus)] for c in range(total))
-            self._dom.pinVcpu(i, cpumap)
+        self._dom.pin_vcpus(self.vcpus, host_cpus)
 
     @property
     def domain(self):

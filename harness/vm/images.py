@@ -254,8 +254,9 @@ def _build_initramfs(kernel: Kernel) -> Path:
 
 def domain_xml(*, name: str, kernel: Kernel, initrd: Path, cmdline: str, vcpus: int,
                memory_mb: int, accel: str, console_sock: Path, agent_sock: Path,
-               interfaces: Sequence[str] = ()) -> str:
-    """libvirt XML for a direct-kernel-boot q35 guest with two channels."""
+               interfaces: Sequence[str] = (), qemu_args: Sequence[str] = ()) -> str:
+    """libvirt XML for a direct-kernel-boot q35 guest with two channels;
+    ``qemu_args`` go to QEMU as they are (devices libvirt will not make)."""
     kvm = accel == "kvm"
     cpu = "<cpu mode='host-passthrough'/>" if kvm else ""
     # qboot: a firmware that only loads a kernel; with a PVH vmlinux the guest
@@ -263,7 +264,12 @@ def domain_xml(*, name: str, kernel: Kernel, initrd: Path, cmdline: str, vcpus: 
     loader = (f"<loader readonly='yes' type='rom'>{QBOOT}</loader>"
               if kernel.pvh and os.path.exists(QBOOT) else "")
     nics = "\n    ".join(interfaces)
-    return f"""<domain type='{'kvm' if kvm else 'qemu'}'>
+    namespace, passthrough = "", ""
+    if qemu_args:
+        namespace = " xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'"
+        passthrough = ("\n  <qemu:commandline>" + "".join(f"<qemu:arg value={quoteattr(a)}/>" for a in qemu_args)
+                       + "</qemu:commandline>")
+    return f"""<domain type='{'kvm' if kvm else 'qemu'}'{namespace}>
   <name>{escape(name)}</name>
   <memory unit='MiB'>{int(memory_mb)}</memory>
   <vcpu>{int(vcpus)}</vcpu>
@@ -298,6 +304,6 @@ def domain_xml(*, name: str, kernel: Kernel, initrd: Path, cmdline: str, vcpus: 
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>
-  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>
+  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>{passthrough}
 </domain>
 """

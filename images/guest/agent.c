@@ -7,7 +7,9 @@
  * line, then one glob pattern per line, or @ethtool / @qdisc for those
  * counters, or "@threads PATTERN..." for matching threads; the job's stdout is, per file, NUL, path, newline, contents), 'K' kill the process group of job id,
  * 'P' ping (echoed back), 'T' a command or a shell on a pseudo-terminal,
- * 'I' keystrokes for a 'T' job, 'W' its window size.
+ * 'S' run payload with a pipe on its stdin (a stream: a relay, a server),
+ * 'I' input for a 'T' or 'S' job (an empty 'I' closes an 'S' job's stdin),
+ * 'W' a 'T' job's window size.
  * Guest -> host: 'H' hello (payload: uname release), 'O'/'E' stdout/stderr
  * bytes of a job,
  * 'X' exit status of a job (decimal text; 128+signal when killed),
@@ -55,7 +57,7 @@
 
 struct hdr { uint32_t id, len; uint8_t type, pad[3]; } __attribute__((packed));
 
-struct job { uint32_t id; pid_t pid; int out, err, pidfd, tty; };
+struct job { uint32_t id; pid_t pid; int out, err, pidfd, tty, in; }; /* in: an 'S' job's stdin, else -1 */
 
 static struct job jobs[MAX_JOBS];
 static int port;
@@ -291,13 +293,13 @@ static void job_cpus(cpu_set_t *set)
 	if (CPU_COUNT(&want)) *set = want;
 }
 
-static void start(uint32_t id, char *command, int is_dump)
+static void start(uint32_t id, char *command, int is_dump, int with_stdin)
 {
-	int out[2], err[2], slot;
+	int out[2], err[2], in[2] = { -1, -1 }, slot;
 	cpu_set_t cpus;
 	for (slot = 0; slot < MAX_JOBS && jobs[slot].pid; slot++) ;
 	if (slot == MAX_JOBS) { send_text(id, 'F', "agent: too many jobs"); return; }
-	if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
+	if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || (with_stdin && pipe2(in, O_CLOEXEC))) {
 		send_text(id, 'F', strerror(errno)); return;
 	}
 	job_cpus(&cpus);
@@ -306,7 +308,7 @@ static void start(uint32_t id, char *command, int is_dump)
 	pid_t pid = is_dump ? fork() : vfork();
 	if (pid < 0) { send_text(id, 'F', strerror(errno)); return; }
 	if (pid == 0) {
-		int null = open("/dev/null", O_RDONLY);
+		int null = with_stdin ? in[0] : open("/dev/null", O_RDONLY);
 		setsid();
 		sched_setaffinity(0, sizeof(cpus), &cpus);
 		dup2(null, 0); dup2(out[1], 1); dup2(err[1], 2);
@@ -316,9 +318,10 @@ static void start(uint32_t id, char *command, int is_dump)
 		_exit(127);
 	}
 	close(out[1]); close(err[1]);
+	if (with_stdin) close(in[0]);
 	fcntl(out[0], F_SETFL, O_NONBLOCK);
 	fcntl(err[0], F_SETFL, O_NONBLOCK);
-	jobs[slot] = (struct job){ id, pid, out[0], err[0], (int)syscall(SYS_pidfd_open, pid, 0), 0 };
+	jobs[slot] = (struct job){ id, pid, out[0], err[0], (int)syscall(SYS_pidfd_open, pid, 0), 0, in[1] };
 }
 
 static void finish(struct job *j)
@@ -330,6 +333,7 @@ static void finish(struct job *j)
 	 * in the background must not hold the job open. */
 	if (j->out >= 0) { pump(j, &j->out, 'O'); if (j->out >= 0) close(j->out); }
 	if (j->err >= 0) { pump(j, &j->err, 'E'); if (j->err >= 0) close(j->err); }
+	if (j->in >= 0) close(j->in);
 	close(j->pidfd);
 	snprintf(text, sizeof(text), "%d",
 		 WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
@@ -391,7 +395,7 @@ static void start_tty(uint32_t id, char *payload)
 		_exit(127);
 	}
 	fcntl(master, F_SETFL, O_NONBLOCK);
-	jobs[slot] = (struct job){ id, pid, master, -1, (int)syscall(SYS_pidfd_open, pid, 0), 1 };
+	jobs[slot] = (struct job){ id, pid, master, -1, (int)syscall(SYS_pidfd_open, pid, 0), 1, -1 };
 }
 
 static struct job *job_by_id(uint32_t id)
@@ -403,8 +407,8 @@ static struct job *job_by_id(uint32_t id)
 
 static void handle(struct hdr *h, char *payload)
 {
-	if (h->type == 'R' || h->type == 'D') {
-		start(h->id, payload, h->type == 'D');
+	if (h->type == 'R' || h->type == 'D' || h->type == 'S') {
+		start(h->id, payload, h->type == 'D', h->type == 'S');
 	} else if (h->type == 'P') {
 		send_frame(h->id, 'P', payload, h->len); /* echo: measures the channel */
 	} else if (h->type == 'K') {
@@ -415,10 +419,13 @@ static void handle(struct hdr *h, char *payload)
 		start_tty(h->id, payload);
 	} else if (h->type == 'I' || h->type == 'W') {
 		struct job *j = job_by_id(h->id);
-		if (!j || !j->tty || j->out < 0) return;
-		if (h->type == 'I') {
+		int to = !j ? -1 : j->tty ? j->out : h->type == 'I' ? j->in : -1;
+		if (to < 0) return;
+		if (h->type == 'I' && !j->tty && !h->len) {  /* end of an 'S' job's input */
+			close(j->in); j->in = -1;
+		} else if (h->type == 'I') {
 			for (uint32_t done = 0; done < h->len; ) {
-				ssize_t n = write(j->out, payload + done, h->len - done);
+				ssize_t n = write(to, payload + done, h->len - done);
 				if (n < 0 && (errno == EAGAIN || errno == EINTR)) { usleep(1000); continue; }
 				if (n <= 0) break;
 				done += n;

@@ -64,3 +64,21 @@ def test_domain_xml():
                                     console_sock=Path("/run/x/console.sock"), agent_sock=Path("/run/x/agent.sock"),
                                     interfaces=[render.nic_xml(tap="t", mac="52:54:00:00:00:01", queues=1,
                                                                vhost=False, mtu=1500)]))
+
+
+def test_host_plan_of_host_to_guest_proxy_and_nested_vhost():
+    import json
+    plans = {name: render.host_plan(model.load(TOPOLOGIES / f"{name}.yaml"))
+             for name in ("host-to-guest-proxy", "single-mq")}
+    plans["nested-vhost (inner)"] = render.host_plan(model.load(TOPOLOGIES / "nested-vhost.yaml").guest("host1").nested)
+    golden("host-plans.json", json.dumps(plans, indent=1) + "\n")
+
+
+def test_domain_xml_with_a_vhost_nic_under_tcg():
+    """libvirt gives vhost-net to KVM domains only: under TCG the NIC goes to
+    QEMU as arguments, vhost=on."""
+    kernel = SimpleNamespace(boot_image=Path("/k/vmlinux"), pvh=False)
+    golden("domain-tcg-vhost.xml", domain_xml(
+        name="harness-1-n1", kernel=kernel, initrd=Path("/c/i.cpio"), cmdline="console=ttyS0", vcpus=1,
+        memory_mb=384, accel="tcg", console_sock=Path("/run/x/console.sock"), agent_sock=Path("/run/x/agent.sock"),
+        qemu_args=render.nic_args(tap="nh1a2bt0", mac="52:54:1a:2b:00:00", queues=2, mtu=1500, index=0)))

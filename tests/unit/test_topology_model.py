@@ -56,3 +56,16 @@ def test_malformed_topology_gives_one_clear_error(path):
     assert expected in message, message
     assert "\n" not in message
     assert _host_objects() == before
+
+
+def test_a_nested_lab_reads_like_its_description():
+    topo = load(ROOT / "topologies" / "nested-vhost.yaml")
+    host1 = topo.guest("host1")
+    inner = host1.nested
+    assert inner is not None and inner.name == "inner"
+    assert (inner.source, inner.path) == (topo.source, "guests[0].nested.")
+    n1 = inner.guest("n1")
+    assert [(n.tap, n.queues, n.vhost) for n in n1.nics] == [("t0", 2, "auto"), ("t1", 1, "off")]
+    assert n1.kernel == "debian" and inner.host[0].links[1].peer == "tap:t1"
+    # the outer guest's kernel must hold the nested lab's host side
+    assert {"CONFIG_TUN", "CONFIG_BRIDGE", "CONFIG_NET_NS", "CONFIG_VETH"} <= set(host1.NEEDS)
