@@ -133,6 +133,11 @@ def parse_sweep(text: str | None, workload) -> list | None:
     if not sep or name != workload.sweep_name:
         expected = f"{workload.sweep_name}=V1,V2,..." if workload.sweep_name else "nothing (it has no sweep)"
         raise HarnessError(f"--sweep {text!r}: workload {workload.name} takes {expected}")
+    if all(isinstance(v, str) for v in workload.default_sweep):  # named points (backend=vhost,userspace)
+        unknown = [v for v in values.split(",") if v not in workload.default_sweep]
+        if unknown:
+            raise HarnessError(f"--sweep {text!r}: {unknown[0]!r} is not one of {', '.join(workload.default_sweep)}")
+        return values.split(",")
     try:
         return [int(v) for v in values.split(",")]
     except ValueError:
@@ -317,7 +322,8 @@ def main(argv=None):
                     help="independent boots (fresh labs) per side, alternating sides (default 3)")
     ab.add_argument("--runs", type=int, default=5, help="measured runs per boot (default 5)")
     ab.add_argument("--warmup", type=int, default=1, help="discarded runs at the start of each boot (default 1)")
-    ab.add_argument("--sweep", help="e.g. conns=16,32,64,1024 (http_proxy) or threads=1,2")
+    ab.add_argument("--sweep", help="e.g. conns=16,32,64,1024 (http_proxy), threads=1,2 or backend=vhost "
+                                    "(nested_rx_pps)")
     ab.add_argument("--topology", help="a topology file instead of the workload's own")
     ab.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     ab.add_argument("--pin", help="host CPUs for the vCPUs, e.g. 0,1")

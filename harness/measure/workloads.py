@@ -93,6 +93,36 @@ def _guest_rx_pps(lab, _point, frames: int = 100_000):
     return received / elapsed, elapsed
 
 
+AGENT = "/run/harness/agent"  # in every guest
+
+
+def _nested_rx_pps(lab, backend, frames: int = 20_000):
+    """Frames from the outer guest into a tap of the nested guest n1, as
+    received by n1: through vhost-net or QEMU's own backend, both run by
+    the outer guest's kernel (the kernel under test)."""
+    inner = lab.nested("host1")
+    host1, n1 = lab.guest("host1"), inner.guest("n1")
+    backend = backend or "vhost"
+    taps = [t for t, b in inner.backends.items() if b == backend]
+    if not taps:
+        raise WorkloadError(f"nested_rx_pps: no {backend} tap in the nested lab (backends: {inner.backends}); "
+                            "the outer kernel needs CONFIG_VHOST_NET for vhost")
+    tap = taps[0]
+    dev = f"eth{[n.tap for n in inner.topology.guest('n1').nics].index(tap)}"
+    mac = n1.check(f"cat /sys/class/net/{dev}/address").stdout.strip()
+    before = snapshot(n1)
+    t0 = time.monotonic()
+    host1.check(f"{AGENT} --send {inner.taps[tap]} {mac} {frames}")
+    received, last_change = 0, time.monotonic()
+    while time.monotonic() - last_change < 0.5:  # until the ring and the qdisc are drained
+        now = (snapshot(n1) - before).link(dev).rx.packets
+        if now != received:
+            received, last_change = now, time.monotonic()
+        time.sleep(0.1)
+    elapsed = last_change - t0
+    return received / elapsed, elapsed
+
+
 WORKLOADS = {w.name: w for w in (
     Workload("pktgen_queue_xmit", "single-mq", "pps", "threads", (0,), _pktgen_queue_xmit,
              description="pktgen queue_xmit through the guest NIC's qdisc (seed 000's micro-benchmark); "
@@ -103,4 +133,7 @@ WORKLOADS = {w.name: w for w in (
              description="single-flow iperf3 TCP stream with RFS between containers (seed 001)"),
     Workload("guest_rx_pps", "single-q", "pps", "", (None,), _guest_rx_pps,
              description="64-byte frames from the host through the tap, received by the guest (seed 004)"),
+    Workload("nested_rx_pps", "nested-vhost", "pps", "backend", ("vhost", "userspace"), _nested_rx_pps,
+             description="frames from a guest's own tap into the guest it hosts, through vhost-net or "
+                         "QEMU's backend: A/B of the host kernel (seed 004's)"),
 )}

@@ -42,3 +42,9 @@ def test_sweep_is_checked_against_the_workload():
         parse_sweep("threads=1", WORKLOADS["http_proxy"])
     with pytest.raises(HarnessError, match="has no sweep"):
         parse_sweep("conns=1", WORKLOADS["tcp_stream"])
+
+
+def test_sweep_of_named_points():
+    assert parse_sweep("backend=userspace", WORKLOADS["nested_rx_pps"]) == ["userspace"]
+    with pytest.raises(HarnessError, match="'kvm' is not one of vhost, userspace"):
+        parse_sweep("backend=kvm", WORKLOADS["nested_rx_pps"])
