@@ -272,16 +272,23 @@ class HarnessSession:
         self.stop_all()
 
     # -- kernel selftests (--ksft): they replace the files in tests/ --------------
-    def pytest_ignore_collect(self, collection_path, config):
-        return True if self.ksft is not None else None
-
     @pytest.hookimpl(tryfirst=True)
-    def pytest_collection_modifyitems(self, session, config, items):
-        if self.ksft is not None:
-            try:
-                items[:] = self.ksft.items(session)
-            except HarnessError as e:
-                raise pytest.UsageError(str(e)) from None
+    def pytest_collection(self, session):
+        """The selftests' items instead of the files' (reported, selected
+        with -k and counted as pytest does for its own)."""
+        if self.ksft is None:
+            return None
+        try:
+            items = self.ksft.items(session)
+        except HarnessError as e:
+            raise pytest.UsageError(str(e)) from None
+        hook = session.config.hook
+        hook.pytest_collectreport(report=pytest.CollectReport("", "passed", None, items))
+        hook.pytest_collection_modifyitems(session=session, config=session.config, items=items)
+        session.items = items
+        session.testscollected = len(items)
+        hook.pytest_collection_finish(session=session)
+        return True
 
     def pytest_report_teststatus(self, report, config):
         return ksft_items.report_teststatus(report)

@@ -76,7 +76,8 @@ def output_of(text: str, result: TapResult) -> list[str]:
     for line in reversed(lines):
         if _RESULT.match(line):
             break
-        out.append(line[2:] if line.startswith("# ") else line.lstrip("#"))
+        if line.startswith("#"):  # not the runner's plan or version lines
+            out.append(line[2:] if line.startswith("# ") else line.lstrip("#"))
     return list(reversed(out))
 
 
@@ -86,8 +87,10 @@ def skip_reason(text: str, result: TapResult) -> str:
     it themselves), else its last line."""
     if result.reason:
         return result.reason
-    output = [l.strip() for l in output_of(text, result) if l.strip()]
+    # the runner's own lines ("selftests: net: x.sh", its timeout) are not the test's word
+    output = [l.strip() for l in output_of(text, result)
+              if l.strip() and not l.strip().startswith(("selftests:", "timeout set to", "overriding timeout to"))]
     for line in reversed(output):
-        if "skip" in line.lower() and not line.startswith("selftests:"):
+        if "skip" in line.lower():
             return line
     return output[-1] if output else ""

@@ -92,7 +92,7 @@ def judge(output: str, rc: int) -> tuple[str, str, list[dict]]:
     result = top[-1]
     outcome = result.outcome
     if outcome == "skip":
-        return outcome, ktap.skip_reason(output, result) or "skipped (exit 4)", subtests
+        return outcome, ktap.skip_reason(output, result) or "exit 4 (kselftest's skip), no reason printed", subtests
     if outcome == "timeout":
         return outcome, f"TIMEOUT: {result.reason}", subtests
     if outcome == "fail":

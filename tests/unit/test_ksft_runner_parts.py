@@ -32,6 +32,13 @@ def test_exit_4_is_a_skip_with_the_tests_own_reason():
     assert judge(text, 0)[:2] == ("skip", "SKIP: Could not run test without the bridge mdb command")
 
 
+def test_a_skip_that_prints_no_reason_says_so():
+    # net/rps_default_mask.sh on 2 vCPUs: `[ $cpus -gt 2 ] || exit $ksft_skip`
+    text = ("TAP version 13\n1..1\n# overriding timeout to 14400\n# selftests: net: rps_default_mask.sh\n"
+            "ok 1 selftests: net: rps_default_mask.sh # SKIP\n")
+    assert judge(text, 0)[:2] == ("skip", "exit 4 (kselftest's skip), no reason printed")
+
+
 def test_timeout_and_a_missing_result_line():
     text = "1..1\n# selftests: net: slow.sh\nnot ok 1 selftests: net: slow.sh # TIMEOUT 12 seconds\n"
     assert judge(text, 0)[:2] == ("timeout", "TIMEOUT: 12 seconds")
