@@ -22,7 +22,8 @@ def cmd_build_shell(args):
 def cmd_build_kernel(args):
     from .vm import kbuild
     source = kbuild.tree_source(args.tree) if args.tree else kbuild.debian_source(args.debian_source)
-    out = kbuild.build(source, patches=args.patch, fragments=args.config, jobs=args.jobs)
+    soft = [kbuild.collection_config(source, c) for c in args.ksft_config]
+    out = kbuild.build(source, patches=args.patch, fragments=args.config, soft_fragments=soft, jobs=args.jobs)
     print(out)  # the one line on stdout: what --kernel takes
 
 
@@ -246,7 +247,8 @@ def cmd_up(args):
     with lab:
         print(lab.describe())
         print(f"up in {lab.up_seconds:.1f} s. Type 'WHERE: COMMAND' with WHERE one of "
-              "GUEST, GUEST/CONTAINER, host/NAMESPACE; Ctrl-D or Ctrl-C to tear down.")
+              "GUEST, GUEST/CONTAINER, host/NAMESPACE, or GUEST>... in the lab GUEST hosts; "
+              "Ctrl-D or Ctrl-C to tear down.")
         while True:
             try:
                 line = input("lab> ").strip()
@@ -257,14 +259,7 @@ def cmd_up(args):
                 continue
             where, _, command = line.partition(":")
             try:
-                parts = where.strip().split("/")
-                if parts[0] == "host" and len(parts) == 2:
-                    target = lab.host_ns(parts[1])
-                elif len(parts) == 2:
-                    target = lab.container(parts[0], parts[1])
-                else:
-                    target = lab.guest(parts[0])
-                result = target.run(command.strip(), timeout=args.timeout)
+                result = lab.where(where.strip()).run(command.strip(), timeout=args.timeout)
             except HarnessError as e:
                 print(f"error: {e}")
                 continue
@@ -297,6 +292,9 @@ def main(argv=None):
     where.add_argument("--debian-source", metavar="SERIES", help="Debian's linux-source-SERIES (6.1, 6.12)")
     bk.add_argument("--patch", action="append", default=[], help="apply this patch first (repeatable)")
     bk.add_argument("--config", action="append", default=[], help="a config fragment to merge (repeatable)")
+    bk.add_argument("--ksft-config", action="append", default=[], metavar="COLLECTION",
+                    help="merge a kselftest collection's config (tools/testing/selftests/COLLECTION/config, "
+                         "e.g. net), naming its options that do not survive (repeatable)")
     bk.add_argument("-j", "--jobs", type=int, help="parallel jobs (default: all CPUs)")
     bk.set_defaults(fn=cmd_build_kernel)
     mu = sub.add_parser("mutants", help="build each mutant of a patch and run a test selection on it")

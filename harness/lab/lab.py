@@ -106,6 +106,20 @@ class Lab:
             raise LabError(f"lab {self.topology.name}: guest {guest} has no container {name!r}")
         return Container(self.guest(guest), name)
 
+    def where(self, name: str) -> Endpoint:
+        """An endpoint by name, as `harness up` takes it: GUEST,
+        GUEST/CONTAINER, host/NAMESPACE, and GUEST>... inside the lab that
+        GUEST hosts (host1>n1, host1>host/peer)."""
+        outer, nested, rest = name.partition(">")
+        if nested:
+            return self.nested(outer.strip()).where(rest)
+        parts = [p.strip() for p in name.split("/")]
+        if parts[0] == "host" and len(parts) == 2:
+            return self.host_ns(parts[1])
+        if len(parts) == 2:
+            return self.container(parts[0], parts[1])
+        return self.guest(parts[0])
+
     def nested(self, guest: str) -> "Lab":
         """The lab that guest ``guest`` hosts (its ``nested:`` topology)."""
         try:

@@ -50,6 +50,7 @@ class Source:
     name: str       # names the work directory and the output
     identity: str   # changes whenever the source does
     prepare: Callable[[Path], None]  # put a pristine tree in the work directory
+    read: Callable[[str], bytes]     # one file of the pristine tree, by its path in it
 
 
 def debian_source(series: str) -> Source:
@@ -72,7 +73,13 @@ def debian_source(series: str) -> Source:
     def prepare(work: Path):
         work.mkdir(parents=True)
         cmd(["tar", "-xf", tarball, "-C", work, "--strip-components=1"], timeout=1800)
-    return Source(f"debian-{series}", f"{package}={version}", prepare)
+
+    def read(rel: str) -> bytes:
+        found = cmd(["tar", "-xOf", tarball, f"{package}/{rel}"], check=False, timeout=600)
+        if found.returncode != 0:
+            raise FileNotFoundError(f"{tarball}: no {rel}")
+        return found.stdout_bytes
+    return Source(f"debian-{series}", f"{package}={version}", prepare, read)
 
 
 def tree_source(path) -> Source:
@@ -100,7 +107,26 @@ def tree_source(path) -> Source:
         cmd(["tar", "-C", work, "-xf", "-"], stdin=pack.stdout, timeout=1800)
         pack.wait()
         cmd(["make", "-C", work, "-s", "mrproper"], timeout=600)
-    return Source(f"tree-{tree.name}", f"tree:{tree}:{digest.hexdigest()}", prepare)
+
+    def read(rel: str) -> bytes:
+        return (tree / rel).read_bytes()
+    return Source(f"tree-{tree.name}", f"tree:{tree}:{digest.hexdigest()}", prepare, read)
+
+
+def collection_config(source: Source, collection: str) -> Path:
+    """A kselftest collection's config fragment
+    (tools/testing/selftests/<collection>/config, what netdev's CI merges
+    for it) from ``source``, as a file in the cache."""
+    rel = f"tools/testing/selftests/{collection.strip('/')}/config"
+    try:
+        text = source.read(rel)
+    except OSError:
+        raise BuildError(f"--ksft-config {collection}: {source.identity} has no {rel}") from None
+    out = cache_dir() / "ksft-configs" / f"{source.name}-{collection.strip('/').replace('/', '-')}-{_digest(text)[:12]}"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(text)
+    return out
 
 
 def parse_options(text: str) -> dict[str, str]:
@@ -143,7 +169,7 @@ def build_key(source: Source, patches: list, fragments: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _check_inputs(patches, fragments) -> tuple[list, list[Path]]:
+def _check_inputs(patches, fragments, soft=()) -> tuple[list, list[Path]]:
     checked: list[str | Path] = []
     for p in patches:
         if isinstance(p, str) and "\n" in p:
@@ -153,7 +179,8 @@ def _check_inputs(patches, fragments) -> tuple[list, list[Path]]:
         if not path.is_file():
             raise BuildError(f"--patch {path}: no such file")
         checked.append(path)
-    fragments = [HARNESS_CONFIG, *(Path(f).expanduser().resolve() for f in fragments)]
+    # harness.config first, then the wished-for (soft) fragments, the caller's last (they win)
+    fragments = [HARNESS_CONFIG, *soft, *(Path(f).expanduser().resolve() for f in fragments)]
     for f in fragments:
         if not f.is_file():
             raise BuildError(f"--config {f}: no such file")
@@ -171,16 +198,32 @@ def trees_dir() -> Path:
 KEEP_TREES = 2  # prepared trees kept besides the one in use (each is a few GB)
 
 
-def build(source: Source, *, patches=(), fragments=(), jobs: int | None = None) -> Path:
+def build(source: Source, *, patches=(), fragments=(), soft_fragments=(), jobs: int | None = None) -> Path:
     """The output directory of a build with these inputs; built when not
-    cached, on the prepared tree of this source and config."""
-    patches, frags = _check_inputs(patches, fragments)
+    cached, on the prepared tree of this source and config.  An option of
+    a soft fragment (a kselftest collection's config) that does not
+    survive is named, not an error."""
+    patches, frags = _check_inputs(patches, fragments, soft_fragments)
     out = builds_dir() / f"{source.name}-{build_key(source, patches, frags)}"
     if (out / "bzImage").is_file():
         log.info("build-kernel: cached: %s", out)
+        _name_missing(out)
         return out
-    with Tree(source, fragments, jobs=jobs) as tree:
-        return tree.build(patches)
+    with Tree(source, fragments, soft_fragments, jobs=jobs) as tree:
+        out = tree.build(patches)
+    _name_missing(out)
+    return out
+
+
+SOFT_MISSING = "config-missing.txt"  # in a build's output: what a soft fragment asked for in vain
+
+
+def _name_missing(out: Path):
+    missing = (out / SOFT_MISSING).read_text().split("\n") if (out / SOFT_MISSING).exists() else []
+    if any(missing):
+        log.warning("build-kernel: options of the kselftest config that did not survive olddefconfig "
+                    "(a dependency is off, or this kernel has no such option):\n  %s",
+                    "\n  ".join(filter(None, missing)))
 
 
 class Tree:
@@ -197,9 +240,10 @@ class Tree:
     Outputs land in the build cache under the same key whichever way they
     were built.  One build at a time per tree (a lock file)."""
 
-    def __init__(self, source: Source, fragments=(), *, jobs: int | None = None):
+    def __init__(self, source: Source, fragments=(), soft_fragments=(), *, jobs: int | None = None):
         self.source = source
-        _, self.fragments = _check_inputs((), fragments)
+        _, self.fragments = _check_inputs((), fragments, soft_fragments)
+        self.soft = [Path(f) for f in soft_fragments]
         self.jobs = jobs or os.cpu_count() or 1
         key = _digest(json.dumps({"builder": BUILDER_VERSION, "source": source.identity,
                                   "fragments": [_digest(f.read_bytes()) for f in self.fragments]}).encode())[:16]
@@ -234,7 +278,7 @@ class Tree:
         log.info("build-kernel: preparing %s in %s", self.source.identity, self.work)
         self.source.prepare(self.work)
         self.pristine.mkdir(parents=True)
-        _configure(self.work, self.fragments)
+        _configure(self.work, self.fragments, self.soft)
         (self.dir / ".ready").write_text(f"{self.source.identity}\nprepared in {time.monotonic() - t0:.0f}s\n")
 
     def build(self, patches=()) -> Path:
@@ -269,11 +313,14 @@ class Tree:
                     target.write_bytes(want)
         log.info("build-kernel: %s: %d patch(es), %d file(s) changed in the tree", out.name, len(texts), len(changed))
         if any(Path(rel).name.startswith("Kconfig") for rel in changed):
-            _configure(self.work, self.fragments)
+            _configure(self.work, self.fragments, self.soft)
         builds_dir().mkdir(parents=True, exist_ok=True)
         log_path = builds_dir() / f"{out.name}.log"
         _make(self.work, self.jobs, log_path, t0)
         _collect(self.work, out, log_path)
+        soft_missing = self.work / SOFT_MISSING
+        if soft_missing.exists():
+            shutil.copy2(soft_missing, out / SOFT_MISSING)
         log.info("build-kernel: built: %s", out)
         return out
 
@@ -345,18 +392,24 @@ def _make_argv(work: Path, jobs: int | None = None) -> list[str]:
     return argv
 
 
-def _configure(work: Path, fragments: list[Path]):
+def _configure(work: Path, fragments: list[Path], soft=()):
     env, make = _env(), _make_argv(work)
     cmd([*make, "defconfig"], env=env, timeout=600)
     cmd([*make, "kvm_guest.config"], env=env, timeout=600)
     cmd([work / "scripts/kconfig/merge_config.sh", "-m", "-O", work, work / ".config", *fragments],
         env=env, cwd=work, timeout=600)
     cmd([*make, "olddefconfig"], env=env, timeout=600)
-    missing = missing_options(requested_options(fragments), (work / ".config").read_text())
+    config = (work / ".config").read_text()
+    strict = [f for f in fragments if f not in soft]
+    missing = missing_options(requested_options(strict), config)
     if missing:
         raise BuildError("build-kernel: these requested options did not survive olddefconfig "
                          "(a dependency is off, or the option does not exist in this kernel):\n  "
                          + "\n  ".join(missing))
+    strict_names = set(requested_options(strict))
+    wished = [m for m in missing_options(requested_options(fragments), config)
+              if m.split("=", 1)[0] not in strict_names]
+    (work / SOFT_MISSING).write_text("".join(m + "\n" for m in wished))
 
 
 def _make(work: Path, jobs: int, log_path: Path, t0: float):

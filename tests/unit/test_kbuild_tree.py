@@ -14,7 +14,7 @@ OBJS := $(SRCS:.c=.o)
 defconfig kvm_guest.config:
 	@touch .config
 olddefconfig:
-	@true
+	@sed -i '/CONFIG_NEEDS_A_DEPENDENCY/d' .config
 %.o: %.c include/x.h
 	@cp $< $@ && echo $< >> compiled.log
 bzImage: $(OBJS)
@@ -45,7 +45,14 @@ def source(tmp_path, monkeypatch):
         (work / "net/a.c").write_text("a\n")
         (work / "net/b.c").write_text("b\n")
 
-    return kbuild.Source("fake", "fake=1", prepare)
+    files = {"tools/testing/selftests/net/config": b"CONFIG_VETH=y\nCONFIG_NEEDS_A_DEPENDENCY=y\n"}
+
+    def read(rel: str) -> bytes:
+        if rel not in files:
+            raise FileNotFoundError(rel)
+        return files[rel]
+
+    return kbuild.Source("fake", "fake=1", prepare, read)
 
 
 def compiled(tree):
@@ -100,3 +107,20 @@ def test_touched_files_of_a_diff():
             "--- a/net/gone.c\n+++ /dev/null\n@@ -1 +0,0 @@\n-a\n"
             "--- /dev/null\n+++ b/net/new.c\n@@ -0,0 +1 @@\n+a\n")
     assert kbuild.touched_files(text) == ["net/x.c", "net/gone.c", "net/new.c"]
+
+
+def test_a_kselftest_config_is_merged_and_what_did_not_survive_is_named(source, tmp_path):
+    """build-kernel --ksft-config net: the collection's config is merged; an
+    option olddefconfig drops is named in the output, not an error; the
+    same option in the caller's own fragment is an error."""
+    net = kbuild.collection_config(source, "net")
+    out = kbuild.build(source, soft_fragments=[net])
+    assert "CONFIG_VETH=y" in (out / ".config").read_text()
+    assert (out / kbuild.SOFT_MISSING).read_text() == "CONFIG_NEEDS_A_DEPENDENCY=y (got n)\n"
+    with pytest.raises(kbuild.BuildError, match="--ksft-config net/forwarding: fake=1 has no "
+                                                "tools/testing/selftests/net/forwarding/config"):
+        kbuild.collection_config(source, "net/forwarding")
+    own = tmp_path / "own.config"
+    own.write_text("CONFIG_NEEDS_A_DEPENDENCY=y\n")
+    with pytest.raises(kbuild.BuildError, match="CONFIG_NEEDS_A_DEPENDENCY=y \\(got n\\)"):
+        kbuild.build(source, fragments=[own])
