@@ -104,7 +104,7 @@ def judge(output: str, rc: int) -> tuple[str, str, list[dict]]:
 
 class Pool:
     def __init__(self, installed: Installed, kernel: Kernel, *, accel: str, jobs: int, retries: int = 1,
-                 log_dir: Path, vcpus: int = 2, memory_mb: int = 1024):
+                 log_dir: Path, vcpus: int = 2, memory_mb: int = 1024, times: dict[str, float] | None = None):
         self.installed = installed
         self.kernel = kernel
         self.accel = accel
@@ -112,6 +112,8 @@ class Pool:
         self.retries = max(0, retries)
         self.log_dir = Path(log_dir)
         self.vcpus, self.memory_mb = vcpus, memory_mb
+        # previous runtimes, longest first; None: the cache's, updated at close()
+        self.times = times
         self.scale = (TCG_TIMEOUT_SCALE if accel == "tcg" else 1.0) * kernel.time_scale
         self.results: dict[str, KsftResult] = {}
         self._done: dict[str, threading.Event] = {}
@@ -127,8 +129,7 @@ class Pool:
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self, tests: list[Selftest]):
-        times = _load_times()
-        ordered = longest_first(tests, times)
+        ordered = longest_first(tests, _load_times() if self.times is None else self.times)
         self._queue.extend(ordered)
         self._done.update({t.id: threading.Event() for t in ordered})
         self.started_at = time.monotonic()
@@ -153,7 +154,8 @@ class Pool:
             self.wall_s = time.monotonic() - self.started_at
         if self.results:
             self.write_json(self.log_dir / "ksft.json")
-            _save_times({r.test.id: sum(a.seconds for a in r.attempts) for r in self.results.values()})
+            if self.times is None:
+                _save_times({r.test.id: sum(a.seconds for a in r.attempts) for r in self.results.values()})
 
     def write_json(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
