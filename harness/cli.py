@@ -210,8 +210,7 @@ def cmd_ksft(args):
             argv += [option, str(value)]
     if args.kernel:
         argv += ["--kernel", os.path.abspath(args.kernel)]
-    extra = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
-    return int(pytest.main(argv + extra))
+    return int(pytest.main(argv + args.pytest_args))
 
 
 def cmd_down(args):
@@ -351,12 +350,17 @@ def main(argv=None):
     ks.add_argument("--jobs", type=int, help="guests at once (default: from host CPUs and memory)")
     ks.add_argument("--retries", type=int, default=1, help="reruns of a failed test in a fresh guest (default 1)")
     ks.add_argument("--accel", choices=("auto", "kvm", "tcg"))
-    ks.add_argument("pytest_args", nargs=argparse.REMAINDER, help="-- more pytest options (e.g. --junitxml F)")
+    ks.epilog = "After --, more pytest options: harness ksft net -k tun -- --junitxml ksft.xml"
     ks.set_defaults(fn=cmd_ksft)
     down = sub.add_parser("down", help="remove guests left by killed runs (--keep-guests, SIGKILL)")
     down.add_argument("--all", action="store_true", help="also guests of running harness processes")
     down.set_defaults(fn=cmd_down)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pytest_args: list[str] = []
+    if argv[:1] == ["ksft"] and "--" in argv:  # pytest's own options, untouched by this parser
+        argv, pytest_args = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = parser.parse_args(argv)
+    args.pytest_args = pytest_args
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return args.fn(args) or 0

@@ -82,3 +82,13 @@ def test_failures_are_classified_kernel_missing_tool_or_harness():
     assert classify(KsftResult(t, [Attempt("fail", 0, "harness: ksft1: libvirt could not start", "-")])) == "harness"
     assert classify(KsftResult(t, [Attempt("crash", 3, "ksft1: kernel panic", "g",
                                             splats=[{"kind": "panic", "title": "", "text": ""}])])) == "kernel"
+
+
+def test_harness_ksft_passes_what_follows_double_dash_to_pytest(monkeypatch):
+    from harness import cli
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_ksft", lambda args: seen.update(vars(args)) or 0)
+    argv = ["ksft", "net", "-k", "net:tun or net:tap", "--jobs", "1", "--", "-q", "--harness-logs", "/x"]
+    assert cli.main(argv) == 0
+    assert (seen["targets"], seen["k"], seen["jobs"]) == ("net", "net:tun or net:tap", 1)
+    assert seen["pytest_args"] == ["-q", "--harness-logs", "/x"]
