@@ -81,6 +81,12 @@ class GuestHost:
     def start(self, *, accel: str, kernels: list[Kernel]):
         """libvirtd up in the guest, the nest server started; the nested
         guests' accelerator chosen there (KVM only when a probe boots)."""
+        if self.guest.accel == "kvm":
+            # nested KVM: /dev/kvm is only there once the vendor module is
+            # loaded.  Not under TCG: its CPU model shows svm, which TCG
+            # emulates, and libvirt then probes QEMU under that (minutes)
+            self.guest.run("grep -qw vmx /proc/cpuinfo && modprobe -q kvm_intel; "
+                           "grep -qw svm /proc/cpuinfo && modprobe -q kvm_amd", timeout=60)
         self.guest.check(START_LIBVIRT, timeout=180)
         agent = self.guest.agent
         assert agent is not None
