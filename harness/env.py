@@ -27,4 +27,4 @@ def prepare(kernel, accel: str = "auto") -> str:
     if reaped:
         log.info("removed what killed runs left: %s", ", ".join(reaped))
     initrd = build_initramfs(kernel)
-    return resolve(accel, kernel, initrd)
+    return resolve(accel, kernel.image, initrd)

@@ -17,7 +17,7 @@ import pytest
 
 from .build import install, source_for
 from .collection import Selftest, read_list, select
-from .runner import Pool, default_jobs
+from .runner import GUEST_MEMORY_MB, GUEST_VCPUS, Pool, default_jobs
 
 FLAKY = ("ksft", "flaky")
 
@@ -116,7 +116,7 @@ class KsftRuns:
         if self.pool is None:
             harness = self.harness
             harness.ensure_ready()
-            jobs = self.config.getoption("ksft_jobs") or default_jobs(2, 1024, os.cpu_count() or 1,
+            jobs = self.config.getoption("ksft_jobs") or default_jobs(GUEST_VCPUS, GUEST_MEMORY_MB, os.cpu_count() or 1,
                                                                        _available_mb())
             self.pool = Pool(self.installed, harness.kernel, accel=harness.accel or "tcg", jobs=jobs,
                              retries=self.config.getoption("ksft_retries"), log_dir=harness.log_dir)

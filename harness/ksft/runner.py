@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 FAILING = ("fail", "timeout", "crash", "not built")
 # TCG runs a guest several times slower than the hardware the timeouts were set on
 TCG_TIMEOUT_SCALE = 4.0
+GUEST_VCPUS, GUEST_MEMORY_MB = 2, 1024  # each pool guest's size
 
 
 @dataclasses.dataclass
@@ -104,7 +105,8 @@ def judge(output: str, rc: int) -> tuple[str, str, list[dict]]:
 
 class Pool:
     def __init__(self, installed: Installed, kernel: Kernel, *, accel: str, jobs: int, retries: int = 1,
-                 log_dir: Path, vcpus: int = 2, memory_mb: int = 1024, times: dict[str, float] | None = None):
+                 log_dir: Path, vcpus: int = GUEST_VCPUS, memory_mb: int = GUEST_MEMORY_MB,
+                 times: dict[str, float] | None = None):
         self.installed = installed
         self.kernel = kernel
         self.accel = accel
@@ -267,11 +269,17 @@ class Pool:
                        [{"kind": s.kind, "title": s.title, "text": s.text} for s in splats], output)
 
     def _keep_logs(self, guest: Guest, test: Selftest, output: str, start: int, end: int):
-        out = self.log_dir / "ksft" / re.sub(r"[^A-Za-z0-9_.-]+", "_", test.id)
+        out = attempt_logs_dir(self.log_dir, test.id)
         out.mkdir(parents=True, exist_ok=True)
         n = len(list(out.glob("attempt*.output.log"))) + 1
         (out / f"attempt{n}.output.log").write_text(output)
         (out / f"attempt{n}.console.log").write_text(guest.console.text(start, end) + "\n")
+
+
+def attempt_logs_dir(log_dir: Path, test_id: str) -> Path:
+    """Where a test's attempts keep their output and console
+    (attemptN.output.log, attemptN.console.log)."""
+    return Path(log_dir) / "ksft" / re.sub(r"[^A-Za-z0-9_.-]+", "_", test_id)
 
 
 def _times_path() -> Path:

@@ -26,7 +26,6 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 from ..util import RUN_ROOT, HarnessError
 from ..vm.accel import resolve
@@ -45,7 +44,7 @@ class NestServer:
 
     # -- operations -----------------------------------------------------------
     def hello(self, accel: str, kernel: str, initrd: str) -> dict:
-        chosen = resolve(accel, SimpleNamespace(image=Path(kernel)), Path(initrd))
+        chosen = resolve(accel, Path(kernel), Path(initrd))
         return {"accel": chosen, "vhost_net": os.path.exists(VHOST_NET), "release": os.uname().release}
 
     def plumb(self, plan: list[dict]) -> dict:

@@ -19,6 +19,7 @@ from typing import Any
 
 from .observe import parse_cpu_list
 from .pktgen import Pktgen, PktgenResult, PktgenRun
+from .traffic import GUEST_AGENT, send_from
 from ..util import HarnessError
 
 
@@ -62,12 +63,9 @@ class SteeredVeth:
 
     def inject(self, count: int, timeout: float = 120.0) -> tuple[int, int]:
         """(sent, refused): ``count`` UDP frames through a packet socket on
-        the sender CPU (the agent's --send).  Unlike pktgen, which waits for
-        its last packet to be consumed, this returns as soon as the kernel
-        took them: for filling a backlog whose consumer is held."""
-        out = self.where.check(f"taskset -c {self.sender_cpu} {AGENT} --send {self.tx} {self.rx_mac} {count}",
-                               timeout=timeout).stdout.split()
-        return int(out[1]), int(out[3])
+        the sender CPU (traffic.send_from)."""
+        assert self.rx_mac is not None, "inject() before create()"
+        return send_from(self.where, self.tx, self.rx_mac, count, cpu=self.sender_cpu, timeout=timeout)
 
     def delete(self):
         """Remove the pair (and its namespace): leaves the guest as it was."""
@@ -76,7 +74,6 @@ class SteeredVeth:
         self.where.run(f"ip link del {self.tx} 2>/dev/null; true")
 
 
-AGENT = "/run/harness/agent"   # in the guest (stage 1 copies it there)
 JOB_CPUS = "/run/harness/job-cpus"  # the CPUs the agent starts commands on
 
 
@@ -123,7 +120,8 @@ class CpuHog:
         if self.softirqs:
             self._ksoftirqd = int(self.where.check(f"pgrep -x ksoftirqd/{self.cpu}").stdout)
             self.where.check(f"chrt -f -p {self.priority + 1} {self._ksoftirqd}")
-        self.job = self.where.spawn(f"exec {AGENT} --hog {self.cpu} {self.seconds} {self.priority} {self.pulse_us}")
+        self.job = self.where.spawn(f"exec {GUEST_AGENT} --hog {self.cpu} {self.seconds} {self.priority} "
+                                    f"{self.pulse_us}")
         deadline = time.monotonic() + 30
         while b"ready" not in self.job.stdout:
             if not self.job.running or time.monotonic() > deadline:

@@ -1,7 +1,8 @@
-"""Traffic: frames from the host, TCP streams, HTTP load, captures.
+"""Traffic: frames from the host or a guest, TCP streams, HTTP load, captures.
 
     sent = send_frames("nh1a2bt0", [bytes(Ether(dst=mac)/...)], count=10_000)
     sent.accepted, sent.refused, sent.errors   # ENOBUFS & co. are counts
+    sent, refused = send_from(guest, "eth0", mac, 10_000)   # inside a guest
     tcp_stream(server, client, "10.77.1.2", seconds=3).bits_per_second
     http_load(client, "http://10.77.2.1/", connections=64).requests_per_second
 
@@ -34,6 +35,24 @@ class SendResult:
     accepted: int
     refused: int
     errors: dict  # errno name -> count
+
+
+GUEST_AGENT = "/run/harness/agent"  # in every guest (stage 1 copies it there)
+
+
+def send_from(where, dev: str, dst_mac: str, count: int, *, cpu: int | None = None,
+              timeout: float = 120.0) -> tuple[int, int]:
+    """(sent, refused): ``count`` copies of one UDP frame to ``dst_mac`` out
+    of ``dev`` in a guest or a container in one (the agent's --send, a
+    packet socket, on ``cpu`` when given).  Returns as soon as the kernel
+    took or refused each: for filling a ring or a backlog whose consumer
+    is held, where pktgen would wait for its last packet."""
+    pin = f"taskset -c {int(cpu)} " if cpu is not None else ""
+    out = where.check(f"{pin}{GUEST_AGENT} --send {dev} {dst_mac} {int(count)}", timeout=timeout).stdout
+    m = re.fullmatch(r"sent (\d+) refused (\d+)\n", out)
+    if not m:
+        raise TrafficError(f"{where.name}: the agent's --send printed {out!r}; expected 'sent N refused M'")
+    return int(m.group(1)), int(m.group(2))
 
 
 def send_frames(ifname: str, frames: list[bytes], count: int, netns: str | None = None,

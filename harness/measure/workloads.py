@@ -18,7 +18,7 @@ from scapy.packet import Raw
 
 from .observe import snapshot
 from .pktgen import Pktgen
-from .traffic import http_load, send_frames, tcp_stream
+from .traffic import http_load, send_frames, send_from, tcp_stream
 from ..util import HarnessError
 
 
@@ -93,9 +93,6 @@ def _guest_rx_pps(lab, _point, frames: int = 100_000):
     return received / elapsed, elapsed
 
 
-AGENT = "/run/harness/agent"  # in every guest
-
-
 def _nested_rx_pps(lab, backend, frames: int = 20_000):
     """Frames from the outer guest into a tap of the nested guest n1, as
     received by n1: through vhost-net or QEMU's own backend, both run by
@@ -112,7 +109,7 @@ def _nested_rx_pps(lab, backend, frames: int = 20_000):
     mac = n1.check(f"cat /sys/class/net/{dev}/address").stdout.strip()
     before = snapshot(n1)
     t0 = time.monotonic()
-    host1.check(f"{AGENT} --send {inner.taps[tap]} {mac} {frames}")
+    send_from(host1, inner.taps[tap], mac, frames)
     received, last_change = 0, time.monotonic()
     while time.monotonic() - last_change < 0.5:  # until the ring and the qdisc are drained
         now = (snapshot(n1) - before).link(dev).rx.packets

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shutil
+from pathlib import Path
 
 import pexpect
 
@@ -45,14 +46,15 @@ def kvm_usable_device() -> str | None:
     return None
 
 
-def probe_kvm(kernel, initrd) -> tuple[bool, str]:
-    """Boot a tiny guest under KVM; (works, why-not)."""
+def probe_kvm(image: Path, initrd: Path) -> tuple[bool, str]:
+    """Boot a tiny guest (a kernel image, the harness initramfs) under KVM;
+    (works, why-not)."""
     why = kvm_usable_device()
     if why:
         return False, why
     argv = ["-accel", "kvm", "-cpu", "host", "-M", "q35", "-m", "256", "-smp", "1",
             "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
-            "-kernel", str(kernel.image), "-initrd", str(initrd),
+            "-kernel", str(image), "-initrd", str(initrd),
             "-append", "console=ttyS0 panic=-1 harness.probe"]
     child = pexpect.spawn(QEMU, argv, timeout=PROBE_TIMEOUT_S, encoding="utf-8",
                           codec_errors="replace")
@@ -66,7 +68,7 @@ def probe_kvm(kernel, initrd) -> tuple[bool, str]:
         child.close(force=True)
 
 
-def resolve(accel: str, kernel, initrd) -> str:
+def resolve(accel: str, image: Path, initrd: Path) -> str:
     """'kvm' or 'tcg' for the requested ``auto|kvm|tcg``."""
     if accel not in ("auto", "kvm", "tcg"):
         raise AccelError(f"--accel {accel}: expected auto, kvm or tcg")
@@ -76,7 +78,7 @@ def resolve(accel: str, kernel, initrd) -> str:
     try:
         verdict = json.loads(verdict_file.read_text())
     except (OSError, ValueError):
-        ok, why = probe_kvm(kernel, initrd)
+        ok, why = probe_kvm(image, initrd)
         verdict = {"kvm": ok, "why": why}
         verdict_file.write_text(json.dumps(verdict))
     if verdict["kvm"]:

@@ -399,17 +399,14 @@ def _configure(work: Path, fragments: list[Path], soft=()):
     cmd([work / "scripts/kconfig/merge_config.sh", "-m", "-O", work, work / ".config", *fragments],
         env=env, cwd=work, timeout=600)
     cmd([*make, "olddefconfig"], env=env, timeout=600)
-    config = (work / ".config").read_text()
-    strict = [f for f in fragments if f not in soft]
-    missing = missing_options(requested_options(strict), config)
-    if missing:
+    strict = requested_options([f for f in fragments if f not in soft])
+    lost = missing_options(requested_options(fragments), (work / ".config").read_text())
+    required = [m for m in lost if m.split("=", 1)[0] in strict]
+    if required:
         raise BuildError("build-kernel: these requested options did not survive olddefconfig "
                          "(a dependency is off, or the option does not exist in this kernel):\n  "
-                         + "\n  ".join(missing))
-    strict_names = set(requested_options(strict))
-    wished = [m for m in missing_options(requested_options(fragments), config)
-              if m.split("=", 1)[0] not in strict_names]
-    (work / SOFT_MISSING).write_text("".join(m + "\n" for m in wished))
+                         + "\n  ".join(required))
+    (work / SOFT_MISSING).write_text("".join(m + "\n" for m in lost))  # all of them wished-for ones
 
 
 def _make(work: Path, jobs: int, log_path: Path, t0: float):

@@ -9,6 +9,7 @@ import pytest
 from harness.vm.console import CommandTimeout
 from harness.measure.observe import snapshot
 from harness.measure.pktgen import Pktgen
+from harness.measure.traffic import GUEST_AGENT
 
 COUNT = 10_000  # per thread
 pytestmark = pytest.mark.needs(Pktgen, "CONFIG_NET_SCHED")
@@ -90,7 +91,7 @@ def test_lockless_qdisc_no_packet_left_behind_by_contended_bursts(guest):
                 start.wait(10)
             except CommandTimeout:
                 q = snapshot(guest).qdisc("lq0")
-                guest.run(f"/run/harness/agent --send lq0 {mac} 1")  # a later packet sends the stuck one
+                guest.run(f"{GUEST_AGENT} --send lq0 {mac} 1")  # a later packet sends the stuck one
                 pytest.fail(f"burst {burst} of {BURSTS}: pktgen never finished; pfifo_fast holds {q.qlen} "
                             f"packet(s) ({q.backlog} bytes) with nobody to send them")
             if burst % 25 == 0 or burst == BURSTS:

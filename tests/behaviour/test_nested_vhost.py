@@ -10,17 +10,16 @@ command channel, splats attributed to the guest and level that printed
 them, and nothing left inside the outer guest after the nested lab goes.
 """
 import contextlib
-import re
 import time
 
 import pytest
 
 from harness.measure.observe import snapshot
+from harness.measure.traffic import send_from
 
 # the outer guest's kernel (the session's) holds the taps and vhost-net
 pytestmark = [pytest.mark.slow, pytest.mark.needs("CONFIG_TUN", "CONFIG_BRIDGE", "CONFIG_NET_NS", "CONFIG_VETH")]
 
-AGENT = "/run/harness/agent"
 
 
 @pytest.fixture
@@ -31,14 +30,6 @@ def nested(lab):
 
 def mac_of(where, dev):
     return where.check(f"cat /sys/class/net/{dev}/address").stdout.strip()
-
-
-def send(where, dev, mac, count):
-    """``count`` copies of one frame out of ``dev`` (the agent's --send):
-    (sent, refused)."""
-    m = re.fullmatch(r"sent (\d+) refused (\d+)\n", where.check(f"{AGENT} --send {dev} {mac} {count}").stdout)
-    assert m, "unexpected --send output"
-    return int(m.group(1)), int(m.group(2))
 
 
 @contextlib.contextmanager
@@ -82,8 +73,8 @@ def test_nested_frames_through_vhost_counted_exactly_on_both_levels(nested):
     tap = inner.taps["t0"]
     with arp_off((n1, "eth0"), (peer, "p0")):
         before = {"n1": snapshot(n1), "host1": snapshot(host1), "peer": snapshot(peer)}
-        out_sent, out_refused = send(n1, "eth0", mac_of(peer, "p0"), 2000)
-        back_sent, back_refused = send(peer, "p0", mac_of(n1, "eth0"), 2000)
+        out_sent, out_refused = send_from(n1, "eth0", mac_of(peer, "p0"), 2000)
+        back_sent, back_refused = send_from(peer, "p0", mac_of(n1, "eth0"), 2000)
         time.sleep(1)  # what vhost and the guest still hold
         d = {k: snapshot(w) - before[k] for k, w in (("n1", n1), ("host1", host1), ("peer", peer))}
 
@@ -129,7 +120,7 @@ def test_ring_drops_nested_guest_paused(nested, tap_name):
         before_n1, before_host = snapshot(n1), snapshot(host1)
         n1.pause()
         try:
-            sent, refused = send(host1, tap, mac, 3 * qlen)
+            sent, refused = send_from(host1, tap, mac, 3 * qlen)
             dropped = (snapshot(host1) - before_host).link(tap).tx.dropped
         finally:
             n1.resume()
