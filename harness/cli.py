@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from .util import HarnessError
+from .util import HarnessError, Terminated, describe_error, terminate_as_interrupt
 
 
 def cmd_kernel_fetch(args):
@@ -23,7 +23,8 @@ def cmd_build_kernel(args):
     from .vm import kbuild
     source = kbuild.tree_source(args.tree) if args.tree else kbuild.debian_source(args.debian_source)
     soft = [kbuild.collection_config(source, c) for c in args.ksft_config]
-    out = kbuild.build(source, patches=args.patch, fragments=args.config, soft_fragments=soft, jobs=args.jobs)
+    out = kbuild.build(source, patches=args.patch, fragments=args.config, soft_fragments=soft, jobs=args.jobs,
+                       minimal=args.minimal)
     print(out)  # the one line on stdout: what --kernel takes
 
 
@@ -234,14 +235,22 @@ def cmd_down(args):
 
 
 def cmd_up(args):
-    """Bring a lab up and run commands in it until end of input or Ctrl-C."""
+    """Bring a lab up and run commands in it until end of input or Ctrl-C
+    (--check: only validate the file, without root or a boot)."""
+    from .lab import model
+    topology = model.load(args.topology)  # a bad file fails here, before anything is prepared
+    if args.check:
+        guests = [g.name for g in topology.guests]
+        nested = [f"{g.name}>{n.name}" for g in topology.guests if g.nested for n in g.nested.guests]
+        print(f"{args.topology}: valid: lab {topology.name}, guests {', '.join(guests + nested) or 'none'}")
+        return 0
     import readline  # noqa: F401  (line editing for input())
     from .env import prepare
     from .lab.lab import Lab
     from .vm.kernel import Kernel
     kernel = Kernel.from_path(args.kernel) if args.kernel else Kernel.default()
     accel = prepare(kernel, args.accel)
-    lab = Lab.from_yaml(args.topology, kernel=kernel, accel=accel)
+    lab = Lab(topology, kernel=kernel, accel=accel)
     print(f"bringing up {args.topology} ({accel})...")
     with lab:
         print(lab.describe())
@@ -254,23 +263,32 @@ def cmd_up(args):
             except (EOFError, KeyboardInterrupt):
                 print()
                 break
-            if not line:
-                continue
-            where, _, command = line.partition(":")
-            try:
-                result = lab.where(where.strip()).run(command.strip(), timeout=args.timeout)
-            except HarnessError as e:
-                print(f"error: {e}")
-                continue
-            sys.stdout.write(result.stdout)
-            sys.stderr.write(result.stderr)
-            if result.rc:
-                print(f"[rc={result.rc}]")
+            if line:
+                _run_in_lab(lab, line, args.timeout)
     print("torn down")
+
+
+def _run_in_lab(lab, line: str, timeout: float):
+    """One 'WHERE: COMMAND' line; whatever it does wrong is an error line,
+    never the end of the session."""
+    where, sep, command = line.partition(":")
+    if not sep or not command.strip():
+        print("error: expected WHERE: COMMAND, e.g. g1: ip -br link")
+        return
+    try:
+        result = lab.where(where.strip()).run(command.strip(), timeout=timeout)
+    except Exception as e:  # noqa: BLE001 -- the user's typing must not tear the lab down
+        print(f"error: {describe_error(e)}")
+        return
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    if result.rc:
+        print(f"[rc={result.rc}]")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="harness")
+    parser.add_argument("--debug", action="store_true", help="show a traceback for errors")
     sub = parser.add_subparsers(dest="command", required=True)
     kernel = sub.add_parser("kernel", help="the guest kernel").add_subparsers(dest="what", required=True)
     kernel.add_parser("fetch", help="fetch the default kernel into the cache").set_defaults(fn=cmd_kernel_fetch)
@@ -294,6 +312,9 @@ def main(argv=None):
     bk.add_argument("--ksft-config", action="append", default=[], metavar="COLLECTION",
                     help="merge a kselftest collection's config (tools/testing/selftests/COLLECTION/config, "
                          "e.g. net), naming its options that do not survive (repeatable)")
+    bk.add_argument("--minimal", action="store_true",
+                    help="allnoconfig + images/kconfig/minimal.config instead of defconfig + harness.config "
+                         "(the nested guests' kernel: tools/setup builds it from --debian-source 6.12)")
     bk.add_argument("-j", "--jobs", type=int, help="parallel jobs (default: all CPUs)")
     bk.set_defaults(fn=cmd_build_kernel)
     mu = sub.add_parser("mutants", help="build each mutant of a patch and run a test selection on it")
@@ -338,6 +359,7 @@ def main(argv=None):
     sh.set_defaults(fn=cmd_shell)
     up = sub.add_parser("up", help="bring a topology up and run commands in it")
     up.add_argument("topology", help="a topologies/*.yaml file")
+    up.add_argument("--check", action="store_true", help="only validate the file (no root, no boot)")
     up.add_argument("--kernel")
     up.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     up.add_argument("--timeout", type=float, default=120.0, help="per command, seconds")
@@ -356,16 +378,33 @@ def main(argv=None):
     down.add_argument("--all", action="store_true", help="also guests of running harness processes")
     down.set_defaults(fn=cmd_down)
     argv = list(sys.argv[1:] if argv is None else argv)
+    ours = argv[:argv.index("--")] if "--" in argv else argv
+    if "--debug" in ours[1:]:  # anywhere among the harness's own options
+        argv.remove("--debug")
+        argv.insert(0, "--debug")
     pytest_args: list[str] = []
-    if argv[:1] == ["ksft"] and "--" in argv:  # pytest's own options, untouched by this parser
+    command = [a for a in ours if a != "--debug"][:1]
+    if command == ["ksft"] and "--" in argv:  # pytest's own options, untouched by this parser
         argv, pytest_args = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = parser.parse_args(argv)
     args.pytest_args = pytest_args
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
     try:
-        return args.fn(args) or 0
-    except HarnessError as e:
-        print(f"harness: {e}", file=sys.stderr)
+        # SIGTERM and SIGHUP unwind like Ctrl-C: every lab, guest, build
+        # and child run on the way out is torn down before the exit
+        with terminate_as_interrupt():
+            return args.fn(args) or 0
+    except Terminated as e:
+        print(f"harness: {e}: torn down", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("harness: interrupted: torn down", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"harness: {describe_error(e)}", file=sys.stderr)
         return 1
 
 

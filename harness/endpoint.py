@@ -13,7 +13,10 @@ Endpoint is the base: a subclass gives ``name``, ``spawn()`` and ``dump()``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import signal
 import subprocess
 from typing import Protocol
 
@@ -108,10 +111,41 @@ class Endpoint:
 
 def cmd(argv, check: bool = True, timeout: float = 120, **kw) -> Result:
     """Run a host command (an argv list, never a shell); its Result, or
-    CommandFailed naming "host" when it fails and ``check`` is set."""
-    kw.setdefault("capture_output", True)
-    proc = subprocess.run(list(map(str, argv)), timeout=timeout, **kw)
-    result = Result(proc.returncode, proc.stdout or b"", proc.stderr or b"")
+    CommandFailed naming "host" when it fails and ``check`` is set.  The
+    command runs in a process group of its own, and whatever ends the wait
+    (its timeout, Ctrl-C, SIGTERM) ends the whole group first: no make or
+    compiler outlives the call."""
+    argv = list(map(str, argv))
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    proc = subprocess.Popen(argv, start_new_session=True, **kw)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        stop_group(proc)
+        raise
+    result = Result(proc.returncode, out or b"", err or b"")
     if check and result.rc != 0:
-        raise CommandFailed("host", list(map(str, argv)), result)
+        raise CommandFailed("host", argv, result)
     return result
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 10.0):
+    """End ``proc``'s process group: SIGTERM, then SIGKILL after ``grace``
+    seconds; returns once ``proc`` is reaped."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(1)
+    for stream in (proc.stdout, proc.stderr, proc.stdin):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()

@@ -18,7 +18,6 @@ import shlex
 import shutil
 import signal
 import sys
-import tempfile
 import termios
 import threading
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from .env import prepare
 from .lab.lab import Lab
-from .util import REPO, HarnessError
+from .util import REPO, HarnessError, temp_dir
 from .vm.guest import Guest
 from .vm.kernel import Kernel
 
@@ -49,7 +48,7 @@ def booted(spec: GuestSpec):
     """The guest (or the topology's first guest) for one command; its
     console log is kept under logs/ only when the kernel splatted."""
     accel = prepare(spec.kernel, spec.accel)
-    logs = Path(tempfile.mkdtemp(prefix="harness-run-"))
+    logs = temp_dir("run")
     keep = False
     try:
         if spec.topology:

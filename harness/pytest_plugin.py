@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -22,9 +24,9 @@ from .vm.guest import Guest
 from .vm.splat import Splat
 from .vm.kernel import Kernel
 from .lab.lab import Lab
-from .vm.needs import MissingKernelFeature, Version, unmet
+from .vm.needs import Version, unmet
 from .ksft import items as ksft_items
-from .util import HarnessError
+from .util import HarnessError, Terminated, Unavailable
 
 GUEST_DEFAULTS = {"vcpus": 2, "memory_mb": 512, "cmdline": ""}
 KEEP_RUNS = 10
@@ -76,6 +78,8 @@ class HarnessSession:
         self.labs: list[Lab] = []
         self.ready_error: str | None = None
         self._ready = False
+        self._terminating = False
+        self._flooded: set[Guest] = set()
         self._log_dir: Path | None = None
         self.guest_numbers = itertools.count(1)
         self.cleanups: list = []  # more to stop with the guests (the selftests' pool)
@@ -106,11 +110,16 @@ class HarnessSession:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         atexit.register(self.stop_all)
+        watch_parent()
 
     def _on_signal(self, signum, frame):
-        if os.getpid() == self._owner:
-            self.stop_all()
-        raise SystemExit(128 + signum)
+        """Unwind as Ctrl-C does: pytest tears the fixtures down (labs,
+        guests) after the stack is unwound and its locks released, never
+        inside this handler.  Once: a second signal lets that finish."""
+        if self._terminating or os.getpid() != self._owner:
+            return
+        self._terminating = True
+        raise Terminated(signum)
 
     @property
     def log_dir(self) -> Path:
@@ -123,9 +132,7 @@ class HarnessSession:
             if latest.is_symlink() or not latest.exists():
                 latest.unlink(missing_ok=True)
                 latest.symlink_to(self._log_dir.name)
-            runs = sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink())
-            for old in runs[:-KEEP_RUNS]:
-                shutil.rmtree(old, ignore_errors=True)
+            prune_runs(base, keep=self._log_dir)
         return self._log_dir
 
     # -- guests ---------------------------------------------------------------
@@ -244,8 +251,8 @@ class HarnessSession:
     def pytest_runtest_makereport(self, item, call):
         outcome = yield
         report = outcome.get_result()
-        if call.excinfo is not None and call.excinfo.errisinstance(MissingKernelFeature):
-            # a lab or a driver found its kernel lacking: a named skip, not a failure
+        if call.excinfo is not None and call.excinfo.errisinstance(Unavailable):
+            # a lab or a driver found its kernel lacking, or the host too slow: a named skip, not a failure
             report.outcome = "skipped"
             report.longrepr = (str(item.path), item.location[1], f"Skipped: {call.excinfo.value}")
             return
@@ -259,9 +266,16 @@ class HarnessSession:
                     guest.retire(f"retired after {item.nodeid} left it unresponsive")
         allowed = _allowed_splats(item)
         splats = [(g, s) for g, s in self.collect_splats(item) if s.kind not in allowed]
-        if splats:
-            text = "\n\n".join(f"kernel splat in guest {g.name} ({s.kind}):\n{s.text}"
-                               for g, s in splats)
+        texts = [f"kernel splat in guest {g.name} ({s.kind}):\n{s.text}" for g, s in splats]
+        for guest in list(self.guests):
+            flood = guest.console.flood if guest.console is not None else None
+            if flood is not None and guest not in self._flooded:
+                # what the host keeps of its console is spent: the next test gets a fresh guest
+                self._flooded.add(guest)
+                texts.append(f"console flood in guest {guest.name}: {flood.reason}")
+                guest.retire(f"retired after its console flooded during {item.nodeid}")
+        if texts:
+            text = "\n\n".join(texts)
             if report.passed:
                 report.outcome = "failed"
                 report.longrepr = text
@@ -297,6 +311,39 @@ class HarnessSession:
         kernel = self._kernel
         where = kernel or "default (Debian 6.12, fetched by tools/setup)"
         return [f"harness: kernel {where}; accel {config.getoption('accel')}"]
+
+
+PARENT_ENV = "HARNESS_PARENT_PID"
+
+
+def watch_parent():
+    """A run started by another harness process (harness mutants,
+    verify-fix: HARNESS_PARENT_PID) ends when that process is gone, even
+    SIGKILLed: it is in a session of its own, so nothing else would stop it."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not parent.isdigit():
+        return
+    me = os.getpid()
+
+    def watch():
+        while os.getppid() == int(parent):
+            time.sleep(1)
+        os.kill(me, signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+RUN_NAME = re.compile(r"\d{8}-\d{6}-\d+")  # what log_dir names a pytest run's directory
+
+
+def prune_runs(base: Path, keep: Path):
+    """The last KEEP_RUNS pytest runs' directories stay (by when they were
+    last written); nothing else under ``base`` is touched (the CLI's
+    mutants-*, ab-*, run-* are not runs of this kind), nor ``keep``."""
+    runs = [p for p in base.iterdir() if RUN_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    runs.sort(key=lambda p: p.stat().st_mtime)
+    for old in [p for p in runs if p != keep][:-(KEEP_RUNS - 1) or None]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def item_needs(item) -> list:

@@ -1,7 +1,16 @@
-"""Small host-side helpers: running commands, the cache and run directories."""
+"""Small host-side helpers: the error root, signals, owners, the cache and
+run directories."""
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
 from pathlib import Path
 
 
@@ -9,8 +18,73 @@ class HarnessError(Exception):
     """An error the user can act on; its message is the whole story."""
 
 
+class Unavailable(HarnessError):
+    """What a test needs is not here: its kernel lacks a feature, the host
+    is too slow for it.  The plugin reports it as a skip with this
+    message, never as a failure."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread where it was running,
+    so that every ``with`` and ``finally`` on the way out runs (and locks
+    held there are released before anything is torn down)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM and SIGHUP raise Terminated in the main thread; a second
+    signal while the first unwinds is ignored (the teardown finishes)."""
+    raised = []
+
+    def handler(signum, frame):
+        if raised:
+            return
+        raised.append(signum)
+        raise Terminated(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def describe_error(e: BaseException) -> str:
+    """What went wrong, for a user, without a traceback: the harness's own
+    errors as they are, the libraries' named by what raised them."""
+    if isinstance(e, HarnessError):
+        return str(e)
+    name = type(e).__name__
+    if name == "libvirtError":
+        return f"libvirt: {e}"
+    if name == "NetlinkError":
+        code, text = (e.args + ("", ""))[:2]
+        return f"netlink: {os.strerror(code) if isinstance(code, int) else code} ({text or code})"
+    if isinstance(e, subprocess.CalledProcessError):
+        return f"command failed (rc={e.returncode}): {_argv(e.cmd)}"
+    if isinstance(e, subprocess.TimeoutExpired):
+        return f"command timed out after {e.timeout:.0f}s: {_argv(e.cmd)}"
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror or e}"
+    return f"internal error: {name}: {e} (run with --debug for the traceback)"
+
+
+def _argv(argv) -> str:
+    return " ".join(map(str, argv)) if isinstance(argv, (list, tuple)) else str(argv)
+
+
 def pid_alive(pid: int) -> bool:
-    """Whether a process exists (owners of guests and labs, for reaping)."""
+    """Whether process ``pid`` exists (owners of guests and labs, for
+    reaping).  Pid 0 and negative ones are never an owner: os.kill would
+    signal a process group and call it alive."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -18,6 +92,83 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         pass
     return True
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat
+    field 22): with the pid, it names one process even after the pid is
+    reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def owner_alive(pid: int, start: int | None) -> bool:
+    """Whether the owner recorded as (pid, start) still runs: the pid exists
+    and, when its start was recorded, is the same process."""
+    if not pid_alive(pid):
+        return False
+    return start is None or process_start(pid) in (None, start)
+
+
+TEMP_PREFIX = "harness-"
+_TEMP_NAME = re.compile(r"\..+\.(\d+)(\.\d+)?\.tmp|\.reserve-(\d+)\.tmp")
+_TEMP_DIR = re.compile(rf"{TEMP_PREFIX}[a-z-]*?(\d+)-.+")
+
+
+def temp_beside(path: Path) -> Path:
+    """A temporary name next to ``path`` that says which process made it
+    (``.NAME.PID.THREAD.tmp``): a run killed while writing leaves one, and
+    the next run removes it (reap_temp)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident() % 10**9}.tmp")
+
+
+def temp_dir(what: str, parent: Path | None = None) -> Path:
+    """A fresh temporary directory ``harness-WHAT-PID-XXXX`` (in /tmp unless
+    ``parent``): the caller removes it; a killed run's is reaped."""
+    return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{what}-{os.getpid()}-", dir=parent))
+
+
+def reap_temp(dirs) -> list[str]:
+    """Remove the temporary files and directories of dead processes in
+    ``dirs`` (temp_beside's names, temp_dir's directories)."""
+    reaped = []
+    for d in map(Path, dirs):
+        try:
+            entries = list(d.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            m = _TEMP_NAME.fullmatch(entry.name) or _TEMP_DIR.fullmatch(entry.name)
+            if m is None:
+                continue
+            pid = int(next(g for g in m.groups() if g and g.isdigit() and not g.startswith(".")))
+            if pid_alive(pid):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            reaped.append(str(entry))
+    return reaped
+
+
+def write_atomic(path: Path, data: bytes | str):
+    """Write ``path`` whole or not at all (a temporary file beside it,
+    renamed over it): a reader or a crash never sees half a file."""
+    path = Path(path)
+    tmp = temp_beside(path)
+    if isinstance(data, str):
+        data = data.encode()
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 def cache_dir() -> Path:
@@ -34,8 +185,25 @@ REPO = Path(__file__).resolve().parent.parent
 RUN_ROOT = Path(os.environ.get("HARNESS_RUN_DIR", "/run/netdev-harness"))
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner can enter: made if missing,
+    and checked when it exists (a directory, not a link, ours, mode 0700)
+    rather than trusted -- the guests' command sockets live in these."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise HarnessError(f"{path}: expected a directory, found {'a link' if stat.S_ISLNK(st.st_mode) else 'a file'}")
+    if st.st_uid != os.geteuid():
+        raise HarnessError(f"{path}: owned by uid {st.st_uid}, not by this user ({os.geteuid()}): not used")
+    if st.st_mode & 0o777 != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
 def run_dir(name: str) -> Path:
     """A private runtime directory for one guest or lab (sockets, images)."""
-    path = RUN_ROOT / name
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
+    private_dir(RUN_ROOT)
+    return private_dir(RUN_ROOT / name)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from ..endpoint import stop_group
 from ..util import REPO
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,10 @@ def run_selection(kernel, expr: str, *, deadline_s: float, log_dir: Path, accel:
             *(["-x"] if stop_at_first_failure else []), *extra_args]
     t0 = time.monotonic()
     with open(log_dir / "pytest.out", "w") as out:
+        # its own session (a stuck run is killed whole), watching this
+        # process: if it dies, even by SIGKILL, the run ends too
         child = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
+                                 start_new_session=True, env={**os.environ, "HARNESS_PARENT_PID": str(os.getpid())})
         try:
             rc = child.wait(deadline_s)
             timed_out = False
@@ -133,13 +135,4 @@ def run_selection(kernel, expr: str, *, deadline_s: float, log_dir: Path, accel:
 def _stop(child: subprocess.Popen):
     """SIGTERM first (the plugin tears its guests down), SIGKILL after 30 s;
     anything a killed run left is reaped by the next one."""
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(child.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            child.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    stop_group(child, grace=30)

@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..util import cache_dir
+from ..util import cache_dir, write_atomic
 from ..vm.console import GuestError
 from ..vm.guest import Guest
 from ..vm.kernel import Kernel
@@ -162,7 +162,7 @@ class Pool:
     def write_json(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         counts = collections.Counter(r.outcome for r in self.results.values())
-        path.write_text(json.dumps({
+        write_atomic(path, json.dumps({
             "source": self.installed.source, "install": str(self.installed.path),
             "build_failures": list(self.installed.build_failures), "kernel": str(self.kernel),
             "accel": self.accel, "jobs": self.jobs, "retries": self.retries, "timeout_scale": self.scale,
@@ -296,7 +296,7 @@ def _load_times() -> dict[str, float]:
 def _save_times(new: dict[str, float]):
     times = _load_times()
     times.update({k: round(v, 1) for k, v in new.items()})
-    _times_path().write_text(json.dumps(times, indent=0, sort_keys=True) + "\n")
+    write_atomic(_times_path(), json.dumps(times, indent=0, sort_keys=True) + "\n")
 
 
 _MISSING_TOOL = re.compile(r"command not found|: not found$|could not run test without|not installed|"

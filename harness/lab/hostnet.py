@@ -1,16 +1,25 @@
 """Host-side plumbing of a lab: taps, bridges, veth pairs and namespaces,
 through netlink (pyroute2).
 
-Every object is named ``nh<lab id><short name>`` (lab id: 4 hex digits) and recorded in
-/run/netdev-harness/labs/<lab id>.json with the owner's pid before it is
-created, so a later run reaps what a killed one left.  Addresses and routes
+Every object is named ``nh<lab id><short name>`` (lab id: 4 hex digits,
+reserved by creating /run/netdev-harness/labs/<lab id>.json exclusively),
+recorded there before it is created, and tagged once it exists with its
+owner (the link's alias, a namespace's loopback alias: "netdev-harness
+lab=ID pid=PID start=TICKS").  A later run reaps what a killed one left:
+the objects of registries whose owner is gone, and untracked ``nh``
+objects whose tag names a dead owner -- never one another live run owns,
+nor one it cannot tell is a harness's.  Addresses and routes
 only ever go inside the lab's own namespaces: the host's own addresses,
 routes and sysctls are never touched (new root-namespace links only get IPv6
 turned off on themselves, so they stay silent).
 """
 from __future__ import annotations
 
+import ctypes
+import errno
+import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -23,35 +32,63 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..endpoint import DoneJob, Endpoint, Result
-from ..util import RUN_ROOT, HarnessError, pid_alive
+from ..util import RUN_ROOT, HarnessError, owner_alive, private_dir, process_start
+
+log = logging.getLogger(__name__)
 
 PREFIX = "nh"
-_OURS = re.compile(rf"^{PREFIX}([0-9a-f]{{4}})")
+_OURS = re.compile(rf"{PREFIX}([0-9a-f]{{4}})")
 LABS_DIR = RUN_ROOT / "labs"
+_TAG = re.compile(r"netdev-harness lab=([0-9a-f]{4}) pid=(\d+) start=(\d+|-) home=([0-9a-f]{8})")
 
 
 class HostNetError(HarnessError):
     pass
 
 
-def in_netns_call(name: str, fn):
-    """fn() run in a thread that joined namespace ``name`` (setns(2), that
-    thread only; pyroute2's own NetNS forks this multi-threaded process)."""
+def _in_thread(fn, name: str):
+    """fn() in a thread of its own (namespace calls change only that
+    thread), its result returned or its exception raised here."""
     box = {}
 
     def work():
         try:
-            netns.setns(name, flags=0, fork=False)
             box["result"] = fn()
         except BaseException as e:  # re-raised in the caller
             box["error"] = e
 
-    thread = threading.Thread(target=work, name=f"netns:{name}")
+    thread = threading.Thread(target=work, name=name)
     thread.start()
     thread.join()
     if "error" in box:
         raise box["error"]
     return box.get("result")
+
+
+def in_netns_call(name: str, fn):
+    """fn() run in a thread that joined namespace ``name`` (setns(2), that
+    thread only; pyroute2's own NetNS forks this multi-threaded process)."""
+    def joined():
+        netns.setns(name, flags=0, fork=False)
+        return fn()
+
+    return _in_thread(joined, f"netns:{name}")
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def create_namespace(name: str):
+    """``ip netns add NAME`` without a fork or an exec: a thread unshares a
+    network namespace of its own and binds it at /run/netns/NAME (failing
+    if that exists)."""
+    def make():
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"unshare(CLONE_NEWNET) for namespace {name}")
+        netns.attach(name, f"self/task/{threading.get_native_id()}")
+
+    _in_thread(make, f"netns-add:{name}")
 
 
 def in_netns(name: str, fn):
@@ -124,11 +161,15 @@ class HostNet:
     """The host objects of one lab; ``teardown()`` removes every one."""
 
     def __init__(self, lab_id: str | None = None):
-        self.lab_id = lab_id or secrets.token_hex(2)
-        self.registry = LABS_DIR / f"{self.lab_id}.json"
-        self.objects: list[tuple[str, str]] = []  # ("link"|"netns", name) in creation order
         self.owner = os.getpid()
+        self.start = process_start(self.owner)
+        self.lab_id, self.registry = _reserve(lab_id, self.owner, self.start)
+        self.objects: list[tuple[str, str]] = []  # ("link"|"netns", name) in creation order
         self.ipr = IPRoute()
+
+    @property
+    def tag(self) -> str:
+        return owner_tag(self.lab_id, self.owner, self.start)
 
     def name(self, short: str) -> str:
         name = f"{PREFIX}{self.lab_id}{short}"
@@ -138,10 +179,7 @@ class HostNet:
 
     def _record(self, kind: str, name: str):
         self.objects.append((kind, name))
-        LABS_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = self.registry.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"owner": os.getpid(), "objects": self.objects}))
-        os.replace(tmp, self.registry)
+        _write_registry(self.registry, self.owner, self.start, self.objects)
 
     def _index(self, ifname: str) -> int:
         found = self.ipr.link_lookup(ifname=ifname)
@@ -149,13 +187,26 @@ class HostNet:
             raise HostNetError(f"host link {ifname} vanished")
         return found[0]
 
+    def _add_link(self, name: str, **kw) -> int:
+        """Create link ``name`` and tag it ours; its index."""
+        try:
+            self.ipr.link("add", ifname=name, **kw)
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                raise HostNetError(f"host link {name} exists already and is not this lab's "
+                                   "(another run's, or not a harness's): not touched") from None
+            raise
+        index = self._index(name)
+        self.ipr.link("set", index=index, ifalias=self.tag)
+        return index
+
     # -- objects ----------------------------------------------------------------
     def add_bridge(self, short: str) -> str:
         name = self.name(short)
         self._record("link", name)
-        self.ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
+        index = self._add_link(name, kind="bridge", br_stp_state=0, br_forward_delay=0)
         _silence_ipv6(name)
-        self.ipr.link("set", index=self._index(name), state="up")
+        self.ipr.link("set", index=index, state="up")
         return name
 
     def add_tap(self, short: str, *, queues: int = 1, mtu: int = 1500, tx_queue_len: int = 1000,
@@ -163,11 +214,10 @@ class HostNet:
         """A persistent tap for QEMU to open; multi-queue when queues > 1."""
         name = self.name(short)
         self._record("link", name)
-        self.ipr.link("add", ifname=name, kind="tuntap", mode="tap",
-                      ifr={"no_pi": True, "vnet_hdr": True, "one_queue": False,
-                           "multi_queue": queues > 1})
+        index = self._add_link(name, kind="tuntap", mode="tap",
+                               ifr={"no_pi": True, "vnet_hdr": True, "one_queue": False,
+                                    "multi_queue": queues > 1})
         _silence_ipv6(name)
-        index = self._index(name)
         self.ipr.link("set", index=index, mtu=mtu, txqlen=tx_queue_len)
         if bridge:
             self.ipr.link("set", index=index, master=self._index(bridge))
@@ -176,11 +226,14 @@ class HostNet:
 
     def add_namespace(self, short: str) -> HostNamespace:
         name = self.name(short)
+        if name in netns.listnetns():
+            raise HostNetError(f"host namespace {name} exists already and is not this lab's: not touched")
         self._record("netns", name)
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        create_namespace(name)
+        tag = self.tag
 
         def setup(ipr):
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up", ifalias=tag)
             for key in ("all", "default"):  # the namespace is ours: keep it quiet
                 Path(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6").write_text("1")
 
@@ -193,7 +246,7 @@ class HostNet:
         host_end = self.name(host_short)
         self._record("link", host_end)
         tmp_end = self.name(host_short + "x")
-        self.ipr.link("add", ifname=host_end, kind="veth", peer=tmp_end)
+        self._add_link(host_end, kind="veth", peer=tmp_end)
         _silence_ipv6(host_end)
         nsfd = os.open(f"/run/netns/{ns.netns}", os.O_RDONLY)
         try:
@@ -262,54 +315,145 @@ class HostNet:
         # A fresh socket: a failure during setup may have left self.ipr
         # waiting for a reply that will never come.
         self.ipr.close()
-        remove_objects(self.objects)
+        remove_objects(self.objects, self.lab_id, (self.owner, self.start))
         self.objects = []
         self.registry.unlink(missing_ok=True)
 
 
-def remove_objects(objects):
+def home() -> str:
+    """Names the registry directory (a checkout's run directory): two with
+    one lab id each see the other's objects as not their own."""
+    return hashlib.sha256(str(LABS_DIR.resolve()).encode()).hexdigest()[:8]
+
+
+def owner_tag(lab_id: str, pid: int, start: int | None) -> str:
+    return f"netdev-harness lab={lab_id} pid={pid} start={'-' if start is None else start} home={home()}"
+
+
+def parse_tag(text: str | None) -> tuple[str, int, int | None, str] | None:
+    """(lab id, owner pid, owner start, home) of a tag, or None for another alias."""
+    m = _TAG.fullmatch(text or "")
+    if m is None:
+        return None
+    return m.group(1), int(m.group(2)), None if m.group(3) == "-" else int(m.group(3)), m.group(4)
+
+
+def _registry_text(owner: int, start: int | None, objects) -> str:
+    return json.dumps({"owner": owner, "start": start, "objects": list(objects)})
+
+
+def _reserve(lab_id: str | None, owner: int, start: int | None) -> tuple[str, Path]:
+    """A lab id no other lab on this host holds: its registry created
+    whole and exclusively (a hard link of a complete file: a reader never
+    sees it empty, and two runs never get one id)."""
+    private_dir(LABS_DIR)
+    tmp = LABS_DIR / f".reserve-{owner}.tmp"
+    tmp.write_text(_registry_text(owner, start, []))
+    try:
+        for _ in range(200):
+            candidate = lab_id or secrets.token_hex(2)
+            registry = LABS_DIR / f"{candidate}.json"
+            try:
+                os.link(tmp, registry)
+                return candidate, registry
+            except FileExistsError:
+                if lab_id:
+                    raise HostNetError(f"lab id {lab_id} is taken by another lab ({registry})") from None
+        raise HostNetError(f"no free lab id in {LABS_DIR} after 200 tries: remove stale labs with harness down")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_registry(registry: Path, owner: int, start: int | None, objects):
+    tmp = registry.with_suffix(f".{owner}.tmp")
+    tmp.write_text(_registry_text(owner, start, objects))
+    os.replace(tmp, registry)
+
+
+def _link_tag(ipr, name: str) -> tuple[int, str | None] | None:
+    """(index, alias) of link ``name``, or None when there is none."""
+    for link in ipr.link("get", ifname=name) if ipr.link_lookup(ifname=name) else []:
+        return link["index"], link.get_attr("IFLA_IFALIAS")
+    return None
+
+
+def _netns_tag(name: str) -> str | None:
+    """The alias of namespace ``name``'s loopback (where a lab tags it)."""
+    def read(ipr):
+        links = ipr.link("get", index=ipr.link_lookup(ifname="lo")[0])
+        return links[0].get_attr("IFLA_IFALIAS") if links else None
+    try:
+        return in_netns(name, read)
+    except (NetlinkError, OSError, IndexError):
+        return None
+
+
+def _ours(tag_text: str | None, lab_id: str, owner: tuple[int, int | None] | None) -> bool:
+    """Whether an object with this alias belongs to lab ``lab_id`` of
+    ``owner`` (pid, start); untagged counts as ours for the lab that
+    recorded it (a run killed between creating and tagging it)."""
+    if not tag_text:
+        return True
+    tag = parse_tag(tag_text)
+    if tag is None or tag[0] != lab_id:
+        return False
+    return owner is None or ((tag[1], tag[2]) == owner and tag[3] == home())
+
+
+def remove_objects(objects, lab_id: str, owner: tuple[int, int | None] | None):
+    """Remove a lab's recorded objects, those that are still its own:
+    a name another run (or anything else) holds now is left alone."""
     ipr = IPRoute()
     try:
         for kind, name in reversed(list(objects)):
             try:
                 if kind == "link":
-                    for index in ipr.link_lookup(ifname=name):
-                        ipr.link("del", index=index)
-                elif kind == "netns" and name in netns.listnetns():
-                    subprocess.run(["ip", "netns", "del", name], capture_output=True)
-            except (NetlinkError, OSError):
-                pass
+                    found = _link_tag(ipr, name)
+                    if found is not None and _ours(found[1], lab_id, owner):
+                        ipr.link("del", index=found[0])
+                elif kind == "netns" and name in netns.listnetns() and _ours(_netns_tag(name), lab_id, owner):
+                    netns.remove(name)
+            except (NetlinkError, OSError) as e:
+                log.warning("could not remove %s %s: %s", kind, name, e)
     finally:
         ipr.close()
 
 
 def reap_stale_labs() -> list[str]:
-    """Remove the host objects of labs whose owner process is gone, and any
-    prefixed object no live lab claims."""
+    """Remove the host objects of labs whose owner process is gone, and
+    untracked prefixed objects whose tag names a dead owner."""
     reaped = []
     if LABS_DIR.is_dir():
         for registry in LABS_DIR.glob("*.json"):
             try:
                 data = json.loads(registry.read_text())
-            except (OSError, ValueError):
-                data = {"owner": 0, "objects": []}
-            if pid_alive(int(data.get("owner", 0))):
+                owner, start = int(data["owner"]), data.get("start")
+                objects = [tuple(o) for o in data.get("objects", [])]
+            except (OSError, ValueError, KeyError, TypeError):
+                log.warning("%s: not a lab registry; left alone", registry)
                 continue
-            remove_objects([tuple(o) for o in data.get("objects", [])])
+            if owner_alive(owner, start):
+                continue
+            remove_objects(objects, registry.stem, (owner, start))
             registry.unlink(missing_ok=True)
             reaped.append(registry.stem)
-    # Objects no registry claims (left by a run killed after removing it).
-    # Each lab writes its registry before creating anything, so checking for
-    # the file after listing cannot mistake a lab being built for a stray.
-    def stray(name):
+        for tmp in LABS_DIR.glob(".*.tmp"):  # half-made registries of dead runs
+            m = re.search(r"[.-](\d+)\.tmp$", tmp.name)
+            if m and not owner_alive(int(m.group(1)), None):
+                tmp.unlink(missing_ok=True)
+
+    def stray(name: str, tag_text: str | None) -> bool:
         m = _OURS.match(name)
-        return m is not None and not (LABS_DIR / f"{m.group(1)}.json").exists()
+        if m is None or (LABS_DIR / f"{m.group(1)}.json").exists():
+            return False  # not ours, or a live lab's (its registry is written before anything exists)
+        tag = parse_tag(tag_text)
+        return tag is not None and tag[0] == m.group(1) and not owner_alive(tag[1], tag[2])
 
     with IPRoute() as ipr:
-        strays = [("link", link.get("ifname")) for link in ipr.link("dump")
-                  if stray(link.get("ifname") or "")]
-    strays += [("netns", n) for n in netns.listnetns() if stray(n)]
-    if strays:
-        remove_objects(strays)
-        reaped += [name for _, name in strays]
+        strays = [("link", link.get_attr("IFLA_IFNAME")) for link in ipr.link("dump")
+                  if stray(link.get_attr("IFLA_IFNAME") or "", link.get_attr("IFLA_IFALIAS"))]
+    strays += [("netns", n) for n in netns.listnetns() if _OURS.match(n) and stray(n, _netns_tag(n))]
+    for kind, name in strays:
+        remove_objects([(kind, name)], _OURS.match(name).group(1), None)  # type: ignore[union-attr]
+        reaped.append(name)
     return reaped

@@ -4,6 +4,7 @@ nested lab (harness.lab.nest.GuestHost).  Both give a Lab the same calls:
     host.plumb(plan)            # render.host_plan's objects made: Plumbing
     host.namespace(netns, short)  # an Endpoint inside one of them
     host.hypervisor             # where the guests' domains run (vm.guest)
+    host.speed_scale            # how much slower its guests are than plain ones (time limits)
     host.vhost_missing(accel)   # why its guests cannot have vhost-net, or None
     host.teardown()             # every object it made is gone
 """
@@ -31,6 +32,7 @@ class LocalHost:
 
     name = "host"
     hypervisor = LOCAL
+    speed_scale = 1.0  # its guests' time limits are as set
 
     def __init__(self):
         self.net: HostNet | None = None

@@ -11,6 +11,8 @@ segment before up() returns.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shlex
 import threading
@@ -25,6 +27,9 @@ from ..vm.guest import Guest
 from .hosts import LocalHost, Plumbing
 from ..vm.kernel import Kernel
 from ..util import HarnessError
+
+
+log = logging.getLogger(__name__)
 
 
 class LabError(HarnessError):
@@ -101,6 +106,7 @@ class Lab:
                            f"namespaces: {sorted(self.host_namespaces)}") from None
 
     def container(self, guest: str, name: str) -> Container:
+        self.guest(guest)  # a LabError naming the guests when there is no such guest
         spec = self.topology.guest(guest)
         if name not in {c.name for c in spec.containers}:
             raise LabError(f"lab {self.topology.name}: guest {guest} has no container {name!r}")
@@ -148,19 +154,31 @@ class Lab:
         t0 = time.monotonic()
         try:
             self._check_environment()
-            nics = self._host_side()
-            self._boot_guests(nics)
-            for spec in self.topology.guests:
-                self._configure_guest(spec)
-            self._wait_reachable()
+            with self._phase("host side"):
+                nics = self._host_side()
+            with self._phase("guests booted"):
+                self._boot_guests(nics)
+            with self._phase("guests configured"):
+                for spec in self.topology.guests:
+                    self._configure_guest(spec)
+            with self._phase("addresses answer"):
+                self._wait_reachable()
             for spec in self.topology.guests:
                 if spec.nested is not None:
-                    self._up_nested(spec)
+                    with self._phase(f"nested lab in {spec.name}"):
+                        self._up_nested(spec)
         except BaseException:
             self.down()
             raise
         self.up_seconds = time.monotonic() - t0
+        log.info("lab %s: up in %.1fs", self.topology.name, self.up_seconds)
         return self
+
+    @contextlib.contextmanager
+    def _phase(self, what: str):
+        t0 = time.monotonic()
+        yield
+        log.info("lab %s: %s in %.1fs", self.topology.name, what, time.monotonic() - t0)
 
     def down(self):
         if os.getpid() != self._owner:
@@ -222,6 +240,14 @@ class Lab:
             return self.kernel
         if spec.kernel == "debian":  # Debian's, whatever the lab's default is (an A/B of host kernels)
             return Kernel.default()
+        if spec.kernel == "minimal":  # the smallest guest kernel (nested guests: every boot instruction counts)
+            from ..vm.kbuild import minimal_kernel
+            built = minimal_kernel()
+            if built is None:
+                raise MissingKernelFeature(
+                    f"lab {self.topology.name}: guest {spec.name} needs the minimal guest kernel (kernel: minimal), "
+                    "which is not built: tools/setup builds it (harness build-kernel --debian-source 6.12 --minimal)")
+            return Kernel.from_path(built)
         if spec.kernel in self.kernels:
             return self.kernels[spec.kernel]
         path = Path(spec.kernel)
@@ -245,7 +271,7 @@ class Lab:
             guest = Guest(f"{spec.name}-{lab_id}", kernel, vcpus=spec.vcpus,
                           memory_mb=spec.memory_mb, cmdline=spec.cmdline, accel=self.accel,
                           log_dir=self.log_dir, interfaces=nics[spec.name][0], qemu_args=nics[spec.name][1],
-                          hypervisor=self.host.hypervisor)
+                          hypervisor=self.host.hypervisor, speed_scale=self.host.speed_scale)
             with lock:
                 self.guests[spec.name] = guest  # stopped by down() even if start fails
             try:

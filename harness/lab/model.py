@@ -11,16 +11,34 @@ import types
 import typing
 from pathlib import Path
 
-import yaml
-
+from . import yamlread
 from ..vm.needs import QDISC_OPTIONS
 from ..util import HarnessError
 
-IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")   # what the kernel accepts, minus '/' ':' space
-NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,11}$")  # guests, containers
-HOST_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,7}$")  # taps, bridges, host namespaces:
+# matched whole (fullmatch: "$" would let a trailing newline through)
+IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")   # what the kernel accepts, minus '/' ':' space
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,11}")  # guests, containers
+HOST_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,7}")  # taps, bridges, host namespaces:
 # prefixed with nh<lab id> on the host, and interface names have 15 characters
-MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+MAC = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}")
+SYSCTL_KEY = re.compile(r"[A-Za-z0-9_]+([./][A-Za-z0-9_-]+)+")
+PRINTABLE = re.compile(r"[\x20-\x7e]*")       # one line of text: a command line, a sysctl value
+MAX_CMDLINE = 1024
+
+
+def segment_bridge(tap: str) -> str:
+    """The bridge of a tap's own segment, which host namespaces join."""
+    return f"{tap}b"
+
+
+def host_veth(namespace: str, index: int) -> str:
+    """The root-namespace end of a host namespace's link ``index``."""
+    return f"v{namespace[:5]}{index}"
+
+
+def guest_veth(container: str, index: int) -> str:
+    """The guest-side end of a container's link to its guest."""
+    return f"v{container}{index}"[:15]
 
 
 class TopologyError(HarnessError):
@@ -124,7 +142,10 @@ class Topology:
     path: str = ""                        # where in it: "guests[0].nested." for a nested lab
 
     def guest(self, name: str) -> Guest:
-        return next(g for g in self.guests if g.name == name)
+        for g in self.guests:
+            if g.name == name:
+                return g
+        raise KeyError(f"topology {self.name}: no guest {name!r}; guests: {[g.name for g in self.guests]}")
 
     @property
     def NEEDS(self) -> tuple[str, ...]:
@@ -137,19 +158,21 @@ class Topology:
 def load(path) -> Topology:
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise TopologyError(str(path), "", f"cannot read ({e.strerror})") from None
+    try:
+        text = yamlread.decode(data)
+    except yamlread.ReadError as e:
+        raise TopologyError(str(path), e.where, e.message) from None
     return parse(text, str(path))
 
 
 def parse(text: str, source: str = "<string>") -> Topology:
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else ""
-        raise TopologyError(source, where, f"not valid YAML ({getattr(e, 'problem', e)})") from None
+        data = yamlread.read(text)
+    except yamlread.ReadError as e:
+        raise TopologyError(source, e.where, e.message) from None
     if not isinstance(data, dict):
         raise TopologyError(source, "", "expected a mapping with name, guests, bridges, host")
     topo = _placed(_build(Topology, data, source, ""), source, "")
@@ -238,30 +261,39 @@ def _check_values(obj, source, path):
     def bad(field, message):
         raise TopologyError(source, f"{path}.{field}" if path else field, message)
 
-    if isinstance(obj, Guest) and not NAME.match(obj.name):
+    if isinstance(obj, Guest) and not NAME.fullmatch(obj.name):
         bad("name", f"{obj.name!r} is not a valid name: expected a letter then up to 11 "
                     "letters, digits, '_' or '-'")
-    if isinstance(obj, (Bridge, Namespace)) and not (NAME if ".containers[" in path else HOST_NAME).match(obj.name):
+    if isinstance(obj, (Bridge, Namespace)) and not (NAME if ".containers[" in path else HOST_NAME).fullmatch(obj.name):
         longest = 11 if ".containers[" in path else 7
         bad("name", f"{obj.name!r} is not a valid name: expected a letter then up to {longest} "
                     "letters, digits, '_' or '-'" + ("" if longest == 11 else
                     " (host objects are prefixed into 15-character interface names)"))
-    if isinstance(obj, Topology) and not NAME.match(obj.name):
+    if isinstance(obj, Topology) and not NAME.fullmatch(obj.name):
         bad("name", f"{obj.name!r}: expected a letter then up to 11 letters, digits, '_' or '-'")
     if isinstance(obj, Guest):
         if not 1 <= obj.vcpus <= 64:
             bad("vcpus", f"expected 1 to 64, got {obj.vcpus}")
         if not 128 <= obj.memory_mb <= 65536:
             bad("memory_mb", f"expected 128 to 65536, got {obj.memory_mb}")
+        if not PRINTABLE.fullmatch(obj.cmdline) or len(obj.cmdline) > MAX_CMDLINE:
+            bad("cmdline", f"expected one line of printable text under {MAX_CMDLINE} characters")
+        if not re.fullmatch(r"[\x21-\x7e]+", obj.kernel):
+            bad("kernel", f"expected default, debian or a path without spaces, got {obj.kernel!r}")
+        for key, value in obj.sysctls.items():
+            if not SYSCTL_KEY.fullmatch(key):
+                bad(f"sysctls.{key}", "expected a sysctl name like net.core.netdev_max_backlog")
+            if not PRINTABLE.fullmatch(value):
+                bad(f"sysctls.{key}", f"expected one line of printable text, got {value!r}")
     if isinstance(obj, Nic):
-        if not HOST_NAME.match(obj.tap):
+        if not HOST_NAME.fullmatch(obj.tap):
             bad("tap", f"{obj.tap!r} is not a valid name: expected a letter then up to 7 "
                        "letters, digits, '_' or '-' (prefixed into a 15-character interface name)")
         if not 1 <= obj.queues <= 16:
             bad("queues", f"expected 1 to 16, got {obj.queues}")
         if obj.vhost not in ("auto", "on", "off"):
             bad("vhost", f"expected auto, on or off, got {obj.vhost!r}")
-        if obj.mac is not None and not MAC.match(obj.mac.lower()):
+        if obj.mac is not None and not MAC.fullmatch(obj.mac.lower()):
             bad("mac", f"expected six hex pairs like 52:54:00:12:34:56, got {obj.mac!r}")
         if not 68 <= obj.mtu <= 65535:
             bad("mtu", f"expected 68 to 65535, got {obj.mtu}")
@@ -275,7 +307,7 @@ def _check_values(obj, source, path):
         if obj.address is not None:
             _interface(obj.address, source, f"{path}.address")
     if isinstance(obj, Link):
-        if not IFNAME.match(obj.name):
+        if not IFNAME.fullmatch(obj.name):
             bad("name", f"{obj.name!r} is not a valid interface name: expected 1 to 15 "
                         "letters, digits, '_', '.' or '-' (no '/', ':' or spaces)")
         if not re.fullmatch(r"(bridge|tap|container):[A-Za-z0-9_-]+|guest", obj.peer):
@@ -291,6 +323,8 @@ def _check_values(obj, source, path):
     if isinstance(obj, Namespace) and obj.http_proxy is not None:
         target = obj.http_proxy.rsplit(":", 1)
         try:
+            if not _plain_address(obj.http_proxy):
+                raise ValueError
             ipaddress.ip_address(target[0])
             if len(target) == 2 and not 0 < int(target[1]) < 65536:
                 raise ValueError
@@ -298,17 +332,29 @@ def _check_values(obj, source, path):
             bad("http_proxy", f"expected ADDRESS or ADDRESS:PORT, got {obj.http_proxy!r}")
     if isinstance(obj, Route):
         try:
+            if obj.to != "default" and not _plain_address(obj.to):
+                raise ValueError
             ipaddress.ip_network(obj.to if obj.to != "default" else "0.0.0.0/0")
         except ValueError:
             bad("to", f"expected a network like 10.0.2.0/24 or default, got {obj.to!r}")
         try:
+            if not _plain_address(obj.via):
+                raise ValueError
             ipaddress.ip_address(obj.via)
         except ValueError:
-            bad("via", f"expected an address, got {obj.via!r}")
+            bad("via", f"expected an address (no IPv6 scope id), got {obj.via!r}")
+
+
+def _plain_address(text: str) -> bool:
+    """Digits, letters, '.', ':', '/' only: Python's ipaddress accepts an
+    IPv6 scope id ("fe80::1%anything") with any text in it."""
+    return re.fullmatch(r"[0-9A-Fa-f.:/]+", text) is not None
 
 
 def _interface(text, source, where):
     try:
+        if not _plain_address(text):
+            raise ValueError
         return ipaddress.ip_interface(text)
     except ValueError:
         raise TopologyError(source, where, f"expected an address with prefix like 10.0.0.1/24, "
@@ -331,6 +377,9 @@ def _check_references(topo: Topology):
     unique(topo.host, "host", "namespace")
     for gi, guest in enumerate(topo.guests):
         if guest.nested is not None:
+            if at:
+                raise TopologyError(src, f"{at}guests[{gi}].nested", "a nested lab's guests cannot host labs "
+                                                                     "of their own (one level of nesting)")
             _check_host_memory(guest, src, f"{at}guests[{gi}]")
             _check_references(guest.nested)
     bridges = {b.name for b in topo.bridges}
@@ -345,13 +394,96 @@ def _check_references(topo: Topology):
             if nic.bridge is not None and nic.bridge not in bridges:
                 raise TopologyError(src, f"{where}.bridge",
                                     f"no bridge {nic.bridge!r}; defined: {sorted(bridges) or 'none'}")
-        names = {c.name for c in guest.containers}
         for ci, ns in enumerate(guest.containers):
-            _check_links(src, f"{at}guests[{gi}].containers[{ci}]", ns, set(), set(), names, in_guest=True)
+            _check_links(src, f"{at}guests[{gi}].containers[{ci}]", ns, guest=guest)
+        _check_guest_names(src, f"{at}guests[{gi}]", guest)
     for hi, ns in enumerate(topo.host):
-        _check_links(src, f"{at}host[{hi}]", ns, bridges, set(taps), {n.name for n in topo.host},
-                     in_guest=False)
+        _check_links(src, f"{at}host[{hi}]", ns, bridges=bridges, taps=set(taps))
+    _check_host_names(topo)
     _check_subnets(topo)
+
+
+def _check_links(src, path, ns: Namespace, *, guest: Guest | None = None, bridges=frozenset(), taps=frozenset()):
+    """Where each link of ``ns`` goes: a container's (``guest`` given) to
+    its guest or to another container that links back exactly once; a
+    host namespace's to a bridge or a tap's segment."""
+    names: dict[str, int] = {}
+    for li, link in enumerate(ns.links):
+        if link.name in names:
+            raise TopologyError(src, f"{path}.links[{li}].name",
+                                f"{link.name!r} is already the name of {path}.links[{names[link.name]}]")
+        names[link.name] = li
+        where = f"{path}.links[{li}].peer"
+        kind, _, target = link.peer.partition(":")
+        if guest is None:
+            if kind == "bridge" and target not in bridges:
+                raise TopologyError(src, where, f"no bridge {target!r}; defined: {sorted(bridges) or 'none'}")
+            if kind == "tap" and target not in taps:
+                raise TopologyError(src, where, f"no tap {target!r}; defined: {sorted(taps) or 'none'}")
+            if kind not in ("bridge", "tap"):
+                raise TopologyError(src, where, f"a host namespace links to bridge:NAME or tap:NAME, "
+                                                f"got {link.peer!r}")
+            continue
+        if kind in ("bridge", "tap"):
+            raise TopologyError(src, where, f"no {kind} {target!r} in a guest (bridges and taps are on the "
+                                            "host; a container links to guest or container:NAME)")
+        if kind != "container":
+            continue
+        others = {c.name: c for c in guest.containers}
+        if target not in others or target == ns.name:
+            raise TopologyError(src, where, f"no other container {target!r}; defined: {sorted(others)}")
+        if sum(1 for l in ns.links if l.peer == link.peer) > 1:
+            raise TopologyError(src, where, f"a second link to container {target!r} (one veth pair per two "
+                                            "containers)")
+        back = sum(1 for l in others[target].links if l.peer == f"container:{ns.name}")
+        if back != 1:
+            raise TopologyError(src, where, f"container {target!r} has {'no' if not back else back} "
+                                            f"link{'s' if back > 1 else ''} back to container:{ns.name}; "
+                                            "a veth pair has two ends: expected exactly one")
+
+
+def _check_guest_names(src, path, guest: Guest):
+    """The links a guest's containers put in its root namespace (their
+    guest-side ends) are distinct, and not one of its NICs' names."""
+    taken = {f"eth{i}": f"{path}.nics[{i}]" for i in range(len(guest.nics))} | {"lo": "the loopback"}
+    for ci, c in enumerate(guest.containers):
+        for li, link in enumerate(c.links):
+            if link.peer != "guest":
+                continue
+            name, where = guest_veth(c.name, li), f"{path}.containers[{ci}].links[{li}]"
+            if name in taken:
+                raise TopologyError(src, where, f"its guest-side end would be named {name!r}, as is "
+                                                f"{taken[name]}: rename the container")
+            taken[name] = where
+
+
+def _check_host_names(topo: Topology):
+    """Every host object the lab makes (render.host_plan) has a name of its
+    own: a declared bridge named like a tap's segment or a namespace's veth
+    end would be the same link twice."""
+    src, at = topo.source, topo.path
+    taken: dict[str, str] = {}
+
+    def claim(name: str, where: str, what: str):
+        if name in taken:
+            raise TopologyError(src, where, f"{what} would be named {name!r} on the host, as is "
+                                            f"{taken[name]}: rename one")
+        taken[name] = where
+
+    for bi, bridge in enumerate(topo.bridges):
+        claim(bridge.name, f"{at}bridges[{bi}].name", "this bridge")
+    tap_peers = {l.peer.split(":", 1)[1] for ns in topo.host for l in ns.links if l.peer.startswith("tap:")}
+    for gi, guest in enumerate(topo.guests):
+        for ni, nic in enumerate(guest.nics):
+            where = f"{at}guests[{gi}].nics[{ni}].tap"
+            claim(nic.tap, where, "this tap")
+            if nic.bridge is None and nic.tap in tap_peers:
+                claim(segment_bridge(nic.tap), where, "this tap's segment bridge")
+    for hi, ns in enumerate(topo.host):
+        for li, _ in enumerate(ns.links):
+            end = host_veth(ns.name, li)
+            claim(end, f"{at}host[{hi}].links[{li}]", "this link's host end")
+            claim(end + "x", f"{at}host[{hi}].links[{li}]", "this link's temporary end")
 
 
 # what a guest hosting a nested lab needs besides its nested guests' memory:
@@ -369,21 +501,6 @@ def _check_host_memory(guest: Guest, src: str, path: str):
                             f"{guest.memory_mb} MiB cannot host its nested guests ({sum(g.memory_mb for g in inner)} "
                             f"MiB of guests, {PER_NESTED_GUEST_MB} MiB of QEMU each, {NESTING_OVERHEAD_MB} for "
                             f"libvirtd and the nest server): expected at least {need}")
-
-
-def _check_links(src, path, ns, bridges, taps, containers, in_guest):
-    for li, link in enumerate(ns.links):
-        where = f"{path}.links[{li}].peer"
-        kind, _, target = link.peer.partition(":")
-        if kind == "bridge" and target not in bridges:
-            raise TopologyError(src, where, f"no bridge {target!r}" + ("" if not in_guest else
-                                " (bridges are on the host; a container links to guest or container:NAME)"))
-        if kind == "tap" and target not in taps:
-            raise TopologyError(src, where, f"no tap {target!r}; defined: {sorted(taps) or 'none'}")
-        if kind == "container" and (target not in containers or target == ns.name):
-            raise TopologyError(src, where, f"no other container {target!r}; defined: {sorted(containers)}")
-        if kind == "guest" and not in_guest:
-            raise TopologyError(src, where, "a host namespace links to bridge:NAME or tap:NAME")
 
 
 def _check_subnets(topo: Topology):

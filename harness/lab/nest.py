@@ -22,10 +22,11 @@ import logging
 import shlex
 import socket
 import threading
+import time
 from pathlib import Path
 
 from ..endpoint import Endpoint
-from ..util import RUN_ROOT, HarnessError
+from ..util import RUN_ROOT, HarnessError, Unavailable
 from ..vm.console import Job
 from ..vm.guest import Guest
 from ..vm.images import build_initramfs
@@ -54,8 +55,36 @@ echo "libvirtd did not answer on qemu:///system" >&2; exit 1
 NEST_CACHE = "/run/harness/nest-cache"  # the server's own cache (the host's is read-only here)
 
 
+MAX_REPLY = 16 << 20  # bytes of one reply line (a plan, a directory listing)
+
+# How fast a nested guest runs follows from how fast its host guest runs
+# code (Guest.loop_seconds): TCG inside TCG costs the outer guest's
+# slowdown once more, so a nested guest's times grow with the square of
+# that loop's.  Measured here (TCG in TCG, 2 host cores): the loop in
+# 0.96 s in the outer guest, a minimal-kernel nested guest up in 144 s.
+REF_LOOP_S = 0.5            # the loop in an outer guest where the limits of the nested tests were set
+NESTED_BOOT_PER_LOOP2 = 160.0  # s of a nested boot per (outer loop s)^2, minimal kernel
+NESTED_BOOT_BUDGET_S = 900.0   # a host slower than this predicts is too slow for nested labs: a named skip
+
+
+class HostTooSlow(Unavailable):
+    """The host runs nested guests too slowly for what a test needs."""
+
+
 class NestError(HarnessError):
     pass
+
+
+def parse_reply(line: bytes) -> dict | None:
+    """One line of the nest server's stdout as a reply ({"id": N, ...}),
+    or None when it is anything else."""
+    try:
+        reply = json.loads(line)
+    except ValueError:  # also UnicodeDecodeError
+        return None
+    if not isinstance(reply, dict) or type(reply.get("id")) is not int:
+        return None
+    return reply
 
 
 class GuestHost:
@@ -66,6 +95,8 @@ class GuestHost:
         self.name = f"guest {guest.name}"
         self.log_dir = log_dir
         self.accel = "tcg"
+        self.speed_scale = 1.0       # of its nested guests' time limits (measured in start())
+        self.predicted_boot_s = 0.0  # what a nested guest's boot should take here
         self.has_vhost_net = False
         self.release = ""
         self.hypervisor = self  # its domains run in the guest
@@ -87,7 +118,10 @@ class GuestHost:
             # emulates, and libvirt then probes QEMU under that (minutes)
             self.guest.run("grep -qw vmx /proc/cpuinfo && modprobe -q kvm_intel; "
                            "grep -qw svm /proc/cpuinfo && modprobe -q kvm_amd", timeout=60)
+        self._measure_speed()
+        t0 = time.monotonic()
         self.guest.check(START_LIBVIRT, timeout=180)
+        log.info("%s: libvirtd up in %.1fs", self.guest.name, time.monotonic() - t0)
         agent = self.guest.agent
         assert agent is not None
         self._server = agent.start_stream(
@@ -100,6 +134,22 @@ class GuestHost:
         self.accel, self.has_vhost_net, self.release = hello["accel"], hello["vhost_net"], hello["release"]
         log.info("%s hosts a nested lab: accel %s, vhost-net %s", self.guest.name, self.accel,
                  "yes" if self.has_vhost_net else "no")
+
+    def _measure_speed(self):
+        """How slow this guest's nested guests will be, from its own speed,
+        before anything is started: their time limits scale with it, and
+        a host too slow for them is a named skip, not a timeout."""
+        if self.guest.accel == "kvm":
+            return  # nested guests under KVM run near the outer guest's speed
+        loop = self.guest.loop_seconds()
+        self.predicted_boot_s = NESTED_BOOT_PER_LOOP2 * loop ** 2
+        self.speed_scale = max(1.0, (loop / REF_LOOP_S) ** 2)
+        log.info("%s: speed loop %.2fs: nested guests' limits x%.1f, a nested boot ~%.0fs", self.guest.name,
+                 loop, self.speed_scale, self.predicted_boot_s)
+        if self.predicted_boot_s > NESTED_BOOT_BUDGET_S:
+            raise HostTooSlow(f"needs a host fast enough for nested guests under TCG: guest {self.guest.name} ran "
+                              f"its speed loop in {loop:.2f}s, which predicts a nested boot of "
+                              f"{self.predicted_boot_s:.0f}s (over {NESTED_BOOT_BUDGET_S:.0f}s)")
 
     def teardown(self):
         """Everything the server made is removed, and the server ends."""
@@ -177,19 +227,31 @@ class GuestHost:
     def _on_output(self, kind: str, data: bytes):
         if kind == "E":
             text = data.decode(errors="replace")
-            self._stderr += text.splitlines()
-            del self._stderr[:-40]
+            self._remember(text.splitlines())
             for text_line in text.splitlines():
                 log.debug("%s: %s", self.guest.name, text_line)
             return
         with self._cond:
             self._buffer += data
             *lines, self._buffer = self._buffer.split(b"\n")
+            if len(self._buffer) > MAX_REPLY:  # no reply is that long: stray bytes
+                lines.append(self._buffer)
+                self._buffer = b""
             for line in lines:
-                if line.strip():
-                    reply = json.loads(line)
+                reply = parse_reply(line)
+                if reply is not None:
                     self._replies[reply["id"]] = reply
+                elif line.strip():
+                    # something in the guest printed on the server's stdout:
+                    # not a reply, and not a reason to stop listening
+                    shown = line[:200].decode(errors="replace")
+                    log.warning("%s: nest server printed a line that is not a reply: %r", self.guest.name, shown)
+                    self._remember([f"(stdout) {shown}"])
             self._cond.notify_all()
+
+    def _remember(self, lines: list[str]):
+        self._stderr += lines
+        del self._stderr[:-40]
 
     def _stderr_tail(self) -> str:
         return "--- nest server stderr (tail) ---\n" + "\n".join(self._stderr[-20:])

@@ -128,7 +128,12 @@ class NestServer:
 
 def main():
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="nestd: %(message)s")
-    NestServer().serve(sys.stdin, sys.stdout)
+    # replies alone on the real stdout: anything else that writes to fd 1
+    # (a library's print, a child process) lands on stderr instead
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    NestServer().serve(sys.stdin, replies)
 
 
 if __name__ == "__main__":

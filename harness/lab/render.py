@@ -27,7 +27,7 @@ def host_plan(topo: model.Topology) -> list[dict]:
         for nic in spec.nics:
             bridge = nic.bridge
             if bridge is None and nic.tap in tap_peers:
-                bridge = f"{nic.tap}b"  # a tap's own segment, joined by host namespaces
+                bridge = model.segment_bridge(nic.tap)  # a tap's own segment, joined by host namespaces
                 steps.append({"op": "bridge", "name": bridge})
             mtus[nic.tap] = nic.mtu
             steps.append({"op": "tap", "name": nic.tap, "queues": nic.queues, "mtu": nic.mtu,
@@ -36,8 +36,8 @@ def host_plan(topo: model.Topology) -> list[dict]:
         steps.append({"op": "namespace", "name": ns.name})
         for li, link in enumerate(ns.links):
             kind, target = link.peer.split(":", 1)
-            steps.append({"op": "veth", "name": f"v{ns.name[:5]}{li}", "namespace": ns.name,
-                          "ifname": link.name, "bridge": target if kind == "bridge" else f"{target}b",
+            steps.append({"op": "veth", "name": model.host_veth(ns.name, li), "namespace": ns.name,
+                          "ifname": link.name, "bridge": target if kind == "bridge" else model.segment_bridge(target),
                           "address": link.address, "mtu": mtus.get(target) if kind == "tap" else None})
         for route in ns.routes:
             steps.append({"op": "route", "namespace": ns.name, "to": route.to, "via": route.via})
@@ -86,27 +86,33 @@ def nginx_conf(directory: str, workers: int, proxy_to: str | None) -> str:
 def guest_setup(spec: model.Guest, macs: list[str]) -> str:
     """The script that configures a booted guest: each NIC found by its MAC
     (``macs[i]`` is NIC i's) and named eth<i>, its queues, address and RPS
-    masks; sysctls; routes; then the containers."""
+    masks; sysctls; routes; then the containers.  Few programs: under
+    TCG inside TCG each exec costs seconds, so the NICs are found with
+    shell builtins and configured by one ``ip -batch``."""
     q = shlex.quote
     lines = ["set -e"]
+    batch: list[str] = []
     for ni, (nic, mac) in enumerate(zip(spec.nics, macs)):
         dev = f"eth{ni}"
         lines += [
-            f"d=$(grep -lx {q(mac)} /sys/class/net/*/address | cut -d/ -f5)",
+            f"d=; for a in /sys/class/net/*/address; do read -r m < \"$a\"; "
+            f"[ \"$m\" = {q(mac)} ] && d=${{a%/address}}; done",
+            f'd=${{d##*/}}; [ -n "$d" ] || {{ echo "no NIC with MAC {mac}" >&2; exit 1; }}',
             f'[ "$d" = {dev} ] || ip link set dev "$d" name {dev}',
-            f"ip link set dev {dev} mtu {nic.mtu}",
         ]
         if nic.queues > 1:
             lines.append(f"ethtool -L {dev} combined {nic.queues}")
-        if nic.address:
-            lines.append(f"ip addr add {q(nic.address)} dev {dev}")
-        lines.append(f"ip link set dev {dev} up")
         for queue, mask in nic.rps.items():
             lines.append(f"echo {q(mask)} > /sys/class/net/{dev}/queues/rx-{queue}/rps_cpus")
-    for key, value in spec.sysctls.items():
-        lines.append(f"sysctl -qw {q(f'{key}={value}')}")
-    for route in spec.routes:
-        lines.append(f"ip route add {q(route.to)} via {q(route.via)}")
+        batch.append(f"link set dev {dev} mtu {nic.mtu}")
+        if nic.address:
+            batch.append(f"addr add {nic.address} dev {dev}")
+        batch.append(f"link set dev {dev} up")
+    batch += [f"route add {route.to} via {route.via}" for route in spec.routes]
+    if batch:
+        lines.append(heredoc("ip -batch -", batch))
+    if spec.sysctls:
+        lines.append("sysctl -qw " + " ".join(q(f"{key}={value}") for key, value in spec.sysctls.items()))
     lines += container_lines(spec)
     return "\n".join(lines)
 
@@ -148,7 +154,7 @@ def container_lines(spec: model.Guest) -> list[str]:
                 configure(c.name, link)
                 configure(target, other)
             elif kind == "guest":
-                outside = f"v{c.name}{li}"[:15]
+                outside = model.guest_veth(c.name, li)
                 root.append(f"link add {link.name} netns {c.name} type veth peer name {outside}")
                 configure(c.name, link)
                 if link.peer_address:
@@ -159,8 +165,8 @@ def container_lines(spec: model.Guest) -> list[str]:
         if c.forwarding:
             sysctls[c.name].append("net.ipv4.ip_forward=1")
 
-    def batch(tool, lines):  # names are validated by the model: no quoting needed inside
-        return f"{tool} -batch - <<'EOF'\n" + "\n".join(lines) + "\nEOF"
+    def batch(tool, lines):
+        return heredoc(f"{tool} -batch -", lines)
 
     out = [batch("ip", root + guest_side)]
     for c in spec.containers:
@@ -176,6 +182,17 @@ def container_lines(spec: model.Guest) -> list[str]:
                     f"ip netns exec {q(c.name)} nginx -e {q(directory + '/error.log')} "
                     f"-c {q(directory + '/nginx.conf')}"]
     return out
+
+
+def heredoc(command: str, lines: list[str], end: str = "EOF") -> str:
+    """``command`` fed ``lines`` through a quoted here-document.  The model
+    validates every field that goes in; this is the last word: no line may
+    hold a newline or be the terminator (or it would end the document and
+    the rest would run as shell)."""
+    for line in lines:
+        if "\n" in line or "\r" in line or line.strip() == end:
+            raise ValueError(f"render: a line for {command} would end its here-document: {line!r}")
+    return f"{command} <<'{end}'\n" + "\n".join(lines) + f"\n{end}"
 
 
 def spec_container(spec: model.Guest, name: str) -> model.Namespace:

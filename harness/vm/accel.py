@@ -11,11 +11,12 @@ import json
 import os
 import platform
 import shutil
+import time
 from pathlib import Path
 
 import pexpect
 
-from ..util import HarnessError, cache_dir
+from ..util import HarnessError, cache_dir, write_atomic
 
 QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
 PROBE_TIMEOUT_S = 60
@@ -68,21 +69,41 @@ def probe_kvm(image: Path, initrd: Path) -> tuple[bool, str]:
         child.close(force=True)
 
 
+TRANSIENT_VERDICT_S = 3600  # a failed probe is asked again after this (a busy host, a slow boot)
+
+
 def resolve(accel: str, image: Path, initrd: Path) -> str:
     """'kvm' or 'tcg' for the requested ``auto|kvm|tcg``."""
     if accel not in ("auto", "kvm", "tcg"):
         raise AccelError(f"--accel {accel}: expected auto, kvm or tcg")
     if accel == "tcg":
         return "tcg"
-    verdict_file = cache_dir() / f"kvm-probe-{_host_key()}.json"
-    try:
-        verdict = json.loads(verdict_file.read_text())
-    except (OSError, ValueError):
+    verdict = _cached_verdict()
+    if verdict is None:
         ok, why = probe_kvm(image, initrd)
-        verdict = {"kvm": ok, "why": why}
-        verdict_file.write_text(json.dumps(verdict))
+        # a device that is missing or cannot be opened is the host's lasting
+        # state; a guest that did not boot may have been a bad moment
+        lasting = ok or kvm_usable_device() is not None
+        verdict = {"kvm": ok, "why": why, "at": time.time(), "lasting": lasting}
+        write_atomic(_verdict_file(), json.dumps(verdict))
     if verdict["kvm"]:
         return "kvm"
     if accel == "kvm":
         raise AccelError(f"--accel kvm: KVM is not usable on this host: {verdict['why']}")
     return "tcg"
+
+
+def _verdict_file() -> Path:
+    return cache_dir() / f"kvm-probe-{_host_key()}.json"
+
+
+def _cached_verdict() -> dict | None:
+    try:
+        verdict = json.loads(_verdict_file().read_text())
+        if not isinstance(verdict, dict) or not isinstance(verdict.get("kvm"), bool):
+            return None
+    except (OSError, ValueError):
+        return None
+    if not verdict.get("lasting", True) and time.time() - float(verdict.get("at", 0)) > TRANSIENT_VERDICT_S:
+        return None
+    return verdict

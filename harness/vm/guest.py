@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 DOMAIN_PREFIX = "harness"
 _DOMAIN_RE = re.compile(rf"^{DOMAIN_PREFIX}-(\d+)-")
 _marks = itertools.count(1)
+QEMU_LOGS = Path("/var/log/libvirt/qemu")
 _libvirt_conn = None
 
 
@@ -90,6 +92,11 @@ def reap_stale_guests() -> list[str]:
             m = _DOMAIN_RE.match(d.name)
             if m and not pid_alive(int(m.group(1))):
                 shutil.rmtree(d, ignore_errors=True)
+    # libvirt keeps a log per domain name: those of dead owners go too
+    for qemu_log in QEMU_LOGS.glob(f"{DOMAIN_PREFIX}-*.log"):
+        m = _DOMAIN_RE.match(qemu_log.name)
+        if m and not pid_alive(int(m.group(1))):
+            qemu_log.unlink(missing_ok=True)
     return reaped
 
 
@@ -115,6 +122,7 @@ class Domain:
             self._dom.destroy()
         except libvirt.libvirtError:
             pass  # already gone
+        (QEMU_LOGS / f"{self._dom.name()}.log").unlink(missing_ok=True)  # the console log is ours
 
     def vhost_fds(self) -> int:
         """How many /dev/vhost-net descriptors its QEMU holds (one per
@@ -168,28 +176,43 @@ class LocalHypervisor:
 LOCAL = LocalHypervisor()
 
 
-def _lpj(kernel: Kernel) -> str:
-    """lpj= for the kernel command line: without it each secondary vCPU
-    calibrates its delay loop, ~0.7 s under TCG.  The value follows the TSC,
-    which the guest sees at the host's rate."""
+def host_tsc_khz() -> int | None:
+    """The host's TSC rate, which a TCG guest's TSC runs at (QEMU reads the
+    host's): bogomips / 2 on x86, derived from the TSC where the host
+    clocks by it; None when the host does not (its TSC is not to be
+    trusted, so neither is the guest's)."""
     try:
-        mhz = next(float(line.split(":")[1]) for line in open("/proc/cpuinfo")
-                   if line.startswith("cpu MHz"))
-        hz = int(kernel.config.get("CONFIG_HZ", "250"))
+        source = Path("/sys/devices/system/clocksource/clocksource0/current_clocksource").read_text().strip()
+        bogomips = next(float(line.split(":")[1]) for line in open("/proc/cpuinfo") if line.startswith("bogomips"))
     except (OSError, StopIteration, ValueError):
-        return ""
-    return f"lpj={int(mhz * 1e6 / hz)}"
+        return None
+    return int(bogomips * 500) if source == "tsc" else None
 
 
-def kernel_cmdline(*, name: str, accel: str, lpj: str = "", modules: str = "", venv: str = "",
+def timing_args(kernel: Kernel, accel: str) -> list[str]:
+    """What spares a TCG guest its clock calibrations: lpj= (each vCPU's
+    delay loop, ~0.7 s), the TSC's rate (its PIT calibration fails under
+    two levels of emulation) and trust in it (its synchronisation check
+    sees TCG's vCPU threads as warps and falls back to jiffies or HPET,
+    whose every read is an emulated device access: a nested QEMU reads
+    the clock all the time)."""
+    khz = host_tsc_khz()
+    if khz is None or accel != "tcg":
+        return []
+    try:
+        hz = int(kernel.config.get("CONFIG_HZ", "250"))
+    except ValueError:
+        hz = 250
+    return [f"lpj={khz * 1000 // hz}", f"tsc_early_khz={khz}", "tsc=reliable"]
+
+
+def kernel_cmdline(*, name: str, accel: str, timing: Sequence[str] = (), modules: str = "", venv: str = "",
                    keep: Sequence[str] = (), extra: str = "") -> list[str]:
     """A guest's kernel command line, one argument per item (joined once,
     by the caller): the console, quiet panics, what stage 1 needs
     (harness.*: the guest's name, its modules, the host venv and the host
     paths tmpfs must not hide), and the caller's own arguments last."""
-    args = ["console=ttyS0,115200", "loglevel=5", "panic=-1", "mitigations=off"]
-    if lpj:
-        args.append(lpj)
+    args = ["console=ttyS0,115200", "loglevel=5", "panic=-1", "mitigations=off", *timing]
     if accel == "tcg":
         # an idle vCPU whose one-shot timer wakeup is lost never wakes again
         # under TCG (seen as an RCU stall with the vCPU halted); with a
@@ -206,7 +229,7 @@ class Guest(Endpoint):
     def __init__(self, name: str, kernel: Kernel, *, vcpus: int = 2, memory_mb: int = 512,
                  cmdline: str = "", accel: str = "tcg", log_dir: Path | None = None,
                  interfaces: Sequence[str] = (), qemu_args: Sequence[str] = (), boot_timeout: float = 120.0,
-                 hypervisor=None):
+                 hypervisor=None, speed_scale: float = 1.0):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", name):
             raise HarnessError(f"guest name {name!r}: expected 1-32 letters, digits, '_', '.', '-'")
         self.name = name
@@ -218,6 +241,9 @@ class Guest(Endpoint):
         self.interfaces = list(interfaces)
         self.qemu_args = list(qemu_args)
         self.boot_timeout = boot_timeout
+        # how many times slower than a plain guest on the machine the limits
+        # were set on (a nested guest: measured by its host, harness.lab.nest)
+        self.speed_scale = speed_scale
         # where the domain runs: this machine's libvirtd, or a lab guest
         # hosting a nested lab (harness.lab.nest)
         self.hypervisor = hypervisor or LOCAL
@@ -233,13 +259,19 @@ class Guest(Endpoint):
         self._local_dir: Path | None = None
         self._owner = os.getpid()
         self._asked: dict[str, bool] = {}
+        # stop() and a boot in another thread (a lab boots its guests in
+        # threads): once stopped, no domain is created, and one being
+        # created is destroyed as soon as it exists
+        self._life = threading.Lock()
+        self._stopped = False
 
     # -- lifecycle ------------------------------------------------------------
     @property
     def cmdline(self) -> str:
         modules = str(self.kernel.modules_dir or "")
         venv = sys.prefix if sys.prefix != sys.base_prefix else ""
-        return " ".join(kernel_cmdline(name=self.name, accel=self.accel, lpj=_lpj(self.kernel), modules=modules,
+        return " ".join(kernel_cmdline(name=self.name, accel=self.accel, timing=timing_args(self.kernel, self.accel),
+                                       modules=modules,
                                        venv=venv, keep=[str(REPO), venv, modules], extra=self.extra_cmdline))
 
     def start(self) -> "Guest":
@@ -270,9 +302,13 @@ class Guest(Endpoint):
                          cmdline=self.cmdline, vcpus=self.vcpus, memory_mb=self.memory_mb,
                          accel=self.accel, console_sock=console_sock, agent_sock=agent_sock,
                          interfaces=self.interfaces, qemu_args=self.qemu_args)
+        t0 = time.monotonic()
         try:
-            # Paused first: both channels are connected before the first byte.
-            self._dom = self.hypervisor.create(xml)
+            with self._life:
+                if self._stopped:
+                    raise GuestError(f"{self.name}: stopped before it booted")
+                # Paused first: both channels are connected before the first byte.
+                self._dom = self.hypervisor.create(xml)
         except HarnessError as e:
             self._cleanup_dir()
             raise GuestError(f"{self.name}: {e}") from None
@@ -282,20 +318,26 @@ class Guest(Endpoint):
                                       on_panic=self._on_panic)
             self.agent = AgentChannel(self.hypervisor.connect(agent_sock), self.name, self.console)
             self.agent.time_scale = self.time_scale
+            self.agent.spill_dir = log_dir
+            created = time.monotonic()
             self._dom.resume()
             self.release = self._wait_ready(log_dir / f"{self.name}.console.log")
+            log.info("%s: domain created in %.1fs, up %.1fs later", self.name, created - t0,
+                     time.monotonic() - created)
         except BaseException:
-            self.stop()
+            self._teardown()
             raise
 
     def _wait_ready(self, log_path: Path) -> str:
         """The agent's hello; BootWedged as soon as a TCG boot shows an RCU
         stall (a vCPU that will never wake), instead of at the timeout."""
         assert self.agent is not None
-        deadline = time.monotonic() + self.boot_timeout
+        t0 = time.monotonic()
+        deadline = t0 + self.boot_timeout * self.time_scale
         while True:
             try:
-                return self.agent.wait_ready(max(0.0, min(1.0, deadline - time.monotonic())))
+                return self.agent.wait_ready(max(0.0, min(1.0, deadline - time.monotonic())),
+                                             waited=time.monotonic() - t0)
             except GuestError:
                 if self.agent.dead or time.monotonic() >= deadline:
                     raise
@@ -309,8 +351,17 @@ class Guest(Endpoint):
 
     @property
     def time_scale(self) -> float:
-        """Timeouts and time limits on this guest are multiplied by it."""
-        return self.kernel.time_scale
+        """Timeouts and time limits on this guest (its boot's too) are
+        multiplied by it: a slow debug kernel, a slow level of emulation."""
+        return self.kernel.time_scale * self.speed_scale
+
+    def loop_seconds(self) -> float:
+        """Seconds this guest takes for a fixed CPU-bound shell loop, timed
+        by its own clock: how fast it runs code (a TCG guest on a slow
+        host, a nested guest...), to scale what is expected of it."""
+        out = self.check("read a _ < /proc/uptime; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; "
+                         "read b _ < /proc/uptime; echo $a $b", timeout=600).stdout.split()
+        return max(0.01, float(out[1]) - float(out[0]))
 
     @property
     def alive(self) -> bool:
@@ -337,9 +388,16 @@ class Guest(Endpoint):
         """Destroy the domain and remove its files; safe to call twice."""
         if os.getpid() != self._owner:
             return  # a forked copy of the owner (e.g. a pyroute2 helper) exiting
-        if self._dom is not None:
-            self._dom.destroy()  # quiet when already gone (panic, poweroff)
-            self._dom = None
+        with self._life:
+            self._stopped = True
+        self._teardown()
+
+    def _teardown(self):
+        """The domain destroyed, the channels closed, the files removed."""
+        with self._life:
+            dom, self._dom = self._dom, None
+        if dom is not None:
+            dom.destroy()  # quiet when already gone (panic, poweroff)
         for channel in (self.agent, self.console):
             if channel is not None:
                 channel.close()

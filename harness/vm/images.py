@@ -22,7 +22,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from .kernel import Kernel
 from ..endpoint import cmd
-from ..util import REPO, HarnessError, cache_dir
+from ..util import REPO, HarnessError, cache_dir, temp_beside
 
 GUEST_DIR = REPO / "images" / "guest"
 BUSYBOX = Path("/bin/busybox")
@@ -47,11 +47,6 @@ class ImageError(HarnessError):
 _build_lock = threading.Lock()
 
 
-def _tmp_beside(path: Path) -> Path:
-    """A temporary name next to ``path``, unique to this process and thread."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-
-
 def _digest(*parts: bytes) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -65,7 +60,7 @@ def build_agent() -> Path:
     out = cache_dir() / "agent" / f"agent-{_digest(src)}"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_beside(out)
+        tmp = temp_beside(out)
         cmd(["gcc", "-static", "-O2", "-Wall", "-o", tmp, GUEST_DIR / "agent.c"])
         os.replace(tmp, out)
     return out
@@ -90,14 +85,14 @@ def build_static_shell() -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     log.info("building dash %s static into %s", version, out)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"harness-dash-{os.getpid()}-") as tmp:
         cmd(["apt-get", "source", "--download-only", "-qq", f"dash={version}"], cwd=tmp, timeout=300)
         dsc = next(Path(tmp).glob("*.dsc"))
         cmd(["dpkg-source", "-x", "--skip-patches", dsc.name, "src"], cwd=tmp)
         src = Path(tmp) / "src"
         cmd(["./configure", "--enable-static", "CFLAGS=-O2"], cwd=src, timeout=300)
         cmd(["make", f"-j{os.cpu_count() or 1}"], cwd=src, timeout=600)
-        tmp_out = _tmp_beside(out)
+        tmp_out = temp_beside(out)
         shutil.copy(src / "src" / "dash", tmp_out)
         os.replace(tmp_out, out)
     return out
@@ -233,7 +228,7 @@ def _build_initramfs(kernel: Kernel) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"harness-initramfs-{os.getpid()}-") as tmp:
         root = Path(tmp)
         for d in ("proc", "sys", "dev", "newroot", "modules", "bin"):
             (root / d).mkdir(exist_ok=True)
@@ -244,7 +239,7 @@ def _build_initramfs(kernel: Kernel) -> Path:
             (root / rel).write_bytes(data)
             os.chmod(root / rel, mode)
         names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-        part = _tmp_beside(out)
+        part = temp_beside(out)
         with open(part, "wb") as f:
             subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"], cwd=root,
                            input="\n".join(names).encode(), stdout=f, check=True)

@@ -27,11 +27,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..endpoint import cmd
-from ..util import REPO, HarnessError, cache_dir
+from ..endpoint import cmd, stop_group
+from ..util import REPO, HarnessError, cache_dir, temp_beside, write_atomic
 
 ROOT = REPO
 HARNESS_CONFIG = ROOT / "images" / "kconfig" / "harness.config"
+# the other base: allnoconfig plus this (the nested guests' kernel)
+MINIMAL_CONFIG = ROOT / "images" / "kconfig" / "minimal.config"
 BUILDER_VERSION = "1"  # bump when the recipe below changes what it produces
 ARTIFACTS = {"arch/x86/boot/bzImage": "bzImage", ".config": ".config", "System.map": "System.map",
              "vmlinux": "vmlinux"}
@@ -125,7 +127,7 @@ def collection_config(source: Source, collection: str) -> Path:
     out = cache_dir() / "ksft-configs" / f"{source.name}-{collection.strip('/').replace('/', '-')}-{_digest(text)[:12]}"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(text)
+        write_atomic(out, text)
     return out
 
 
@@ -169,7 +171,7 @@ def build_key(source: Source, patches: list, fragments: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _check_inputs(patches, fragments, soft=()) -> tuple[list, list[Path]]:
+def _check_inputs(patches, fragments, soft=(), base: Path = HARNESS_CONFIG) -> tuple[list, list[Path]]:
     checked: list[str | Path] = []
     for p in patches:
         if isinstance(p, str) and "\n" in p:
@@ -179,12 +181,28 @@ def _check_inputs(patches, fragments, soft=()) -> tuple[list, list[Path]]:
         if not path.is_file():
             raise BuildError(f"--patch {path}: no such file")
         checked.append(path)
-    # harness.config first, then the wished-for (soft) fragments, the caller's last (they win)
-    fragments = [HARNESS_CONFIG, *soft, *(Path(f).expanduser().resolve() for f in fragments)]
+    # the base first (harness.config, or minimal.config), then the wished-for
+    # (soft) fragments, the caller's last (they win)
+    fragments = [base, *soft, *(Path(f).expanduser().resolve() for f in fragments)]
     for f in fragments:
         if not f.is_file():
             raise BuildError(f"--config {f}: no such file")
     return checked, fragments
+
+
+MINIMAL_SERIES = "6.12"
+
+
+def minimal_kernel() -> Path | None:
+    """The minimal guest kernel (Debian's linux-source-6.12, allnoconfig +
+    minimal.config) when it is built (tools/setup builds it), else None;
+    looked up without installing or building anything."""
+    if not Path(f"/usr/src/linux-source-{MINIMAL_SERIES}.tar.xz").exists():
+        return None
+    source = debian_source(MINIMAL_SERIES)
+    _, frags = _check_inputs((), (), (), MINIMAL_CONFIG)
+    out = builds_dir() / f"{source.name}-{build_key(source, [], frags)}"
+    return out if (out / "bzImage").is_file() else None
 
 
 def builds_dir() -> Path:
@@ -198,18 +216,20 @@ def trees_dir() -> Path:
 KEEP_TREES = 2  # prepared trees kept besides the one in use (each is a few GB)
 
 
-def build(source: Source, *, patches=(), fragments=(), soft_fragments=(), jobs: int | None = None) -> Path:
+def build(source: Source, *, patches=(), fragments=(), soft_fragments=(), jobs: int | None = None,
+          minimal: bool = False) -> Path:
     """The output directory of a build with these inputs; built when not
     cached, on the prepared tree of this source and config.  An option of
     a soft fragment (a kselftest collection's config) that does not
-    survive is named, not an error."""
-    patches, frags = _check_inputs(patches, fragments, soft_fragments)
+    survive is named, not an error.  ``minimal``: allnoconfig +
+    images/kconfig/minimal.config instead of defconfig + harness.config."""
+    patches, frags = _check_inputs(patches, fragments, soft_fragments, _base(minimal))
     out = builds_dir() / f"{source.name}-{build_key(source, patches, frags)}"
     if (out / "bzImage").is_file():
         log.info("build-kernel: cached: %s", out)
         _name_missing(out)
         return out
-    with Tree(source, fragments, soft_fragments, jobs=jobs) as tree:
+    with Tree(source, fragments, soft_fragments, jobs=jobs, minimal=minimal) as tree:
         out = tree.build(patches)
     _name_missing(out)
     return out
@@ -240,9 +260,10 @@ class Tree:
     Outputs land in the build cache under the same key whichever way they
     were built.  One build at a time per tree (a lock file)."""
 
-    def __init__(self, source: Source, fragments=(), soft_fragments=(), *, jobs: int | None = None):
+    def __init__(self, source: Source, fragments=(), soft_fragments=(), *, jobs: int | None = None,
+                 minimal: bool = False):
         self.source = source
-        _, self.fragments = _check_inputs((), fragments, soft_fragments)
+        _, self.fragments = _check_inputs((), fragments, soft_fragments, _base(minimal))
         self.soft = [Path(f) for f in soft_fragments]
         self.jobs = jobs or os.cpu_count() or 1
         key = _digest(json.dumps({"builder": BUILDER_VERSION, "source": source.identity,
@@ -254,10 +275,16 @@ class Tree:
 
     def __enter__(self):
         self.dir.mkdir(parents=True, exist_ok=True)
+        # make inherits this lock (pass_fds): a build whose harness was
+        # killed keeps the tree until its last compiler is gone
         self._lock = open(self.dir / ".lock", "w")
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        if not _try_lock(self._lock):
+            log.info("build-kernel: waiting for the build that holds %s", self.dir)
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
         (self.dir / ".used").touch()
         try:
+            for scratch in self.dir.glob(".apply-*"):  # of a build killed mid-way (we hold the lock)
+                shutil.rmtree(scratch, ignore_errors=True)
             if not (self.dir / ".ready").exists():
                 self._prepare()
             _prune_trees(keep=self.dir)
@@ -295,7 +322,11 @@ class Tree:
             if not saved.exists() and not (self.pristine / (rel + ".absent")).exists():
                 saved.parent.mkdir(parents=True, exist_ok=True)
                 if (self.work / rel).exists():
-                    shutil.copy2(self.work / rel, saved)
+                    # whole or not at all: a half copy would be taken for
+                    # the source's file by every later build
+                    tmp = temp_beside(saved)
+                    shutil.copy2(self.work / rel, tmp)
+                    os.replace(tmp, saved)
                 else:
                     (self.pristine / (rel + ".absent")).touch()
         wanted = self._apply(texts, touched, patches)
@@ -316,7 +347,8 @@ class Tree:
             _configure(self.work, self.fragments, self.soft)
         builds_dir().mkdir(parents=True, exist_ok=True)
         log_path = builds_dir() / f"{out.name}.log"
-        _make(self.work, self.jobs, log_path, t0)
+        assert self._lock is not None
+        _make(self.work, self.jobs, log_path, t0, lock_fd=self._lock.fileno())
         _collect(self.work, out, log_path)
         soft_missing = self.work / SOFT_MISSING
         if soft_missing.exists():
@@ -327,6 +359,9 @@ class Tree:
     def _ever_touched(self) -> list[str]:
         found = []
         for p in self.pristine.rglob("*"):
+            if p.name.startswith(".") and p.name.endswith(".tmp"):
+                p.unlink(missing_ok=True)  # a copy a killed build did not finish
+                continue
             if p.is_file():
                 rel = str(p.relative_to(self.pristine))
                 found.append(rel[:-len(".absent")] if rel.endswith(".absent") else rel)
@@ -392,12 +427,23 @@ def _make_argv(work: Path, jobs: int | None = None) -> list[str]:
     return argv
 
 
+def _base(minimal: bool) -> Path:
+    return MINIMAL_CONFIG if minimal else HARNESS_CONFIG
+
+
 def _configure(work: Path, fragments: list[Path], soft=()):
     env, make = _env(), _make_argv(work)
-    cmd([*make, "defconfig"], env=env, timeout=600)
-    cmd([*make, "kvm_guest.config"], env=env, timeout=600)
-    cmd([work / "scripts/kconfig/merge_config.sh", "-m", "-O", work, work / ".config", *fragments],
-        env=env, cwd=work, timeout=600)
+    if fragments[0] == MINIMAL_CONFIG:
+        # allnoconfig with every fragment as its "all" file: what is not
+        # asked for is off
+        allconfig = work / ".harness-allconfig"
+        allconfig.write_text("".join(f.read_text() + "\n" for f in fragments))
+        cmd([*make, "allnoconfig"], env={**env, "KCONFIG_ALLCONFIG": str(allconfig)}, timeout=600)
+    else:
+        cmd([*make, "defconfig"], env=env, timeout=600)
+        cmd([*make, "kvm_guest.config"], env=env, timeout=600)
+        cmd([work / "scripts/kconfig/merge_config.sh", "-m", "-O", work, work / ".config", *fragments],
+            env=env, cwd=work, timeout=600)
     cmd([*make, "olddefconfig"], env=env, timeout=600)
     strict = requested_options([f for f in fragments if f not in soft])
     lost = missing_options(requested_options(fragments), (work / ".config").read_text())
@@ -409,24 +455,40 @@ def _configure(work: Path, fragments: list[Path], soft=()):
     (work / SOFT_MISSING).write_text("".join(m + "\n" for m in lost))  # all of them wished-for ones
 
 
-def _make(work: Path, jobs: int, log_path: Path, t0: float):
+def _try_lock(f) -> bool:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def _make(work: Path, jobs: int, log_path: Path, t0: float, lock_fd: int | None = None):
+    """make bzImage in a process group of its own, holding ``lock_fd``;
+    anything that ends the wait (Ctrl-C, SIGTERM) ends the group first."""
     make = _make_argv(work, jobs)
     log.info("build-kernel: compiling with -j%d%s; log: %s", jobs, " and ccache" if "CC=ccache gcc" in make else "",
              log_path)
     with open(log_path, "w") as out:
         proc = subprocess.Popen([*make, "bzImage"], env=_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        last, shown, units = "", time.monotonic(), 0
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            out.write(line)
-            if line.startswith("  CC "):
-                units += 1
-                last = line.strip()
-            if time.monotonic() - shown > 15:
-                shown = time.monotonic()
-                log.info("build-kernel: [%4.0fs] %d files compiled; %s", shown - t0, units, last)
-        rc = proc.wait()
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                pass_fds=() if lock_fd is None else (lock_fd,))
+        try:
+            last, shown, units = "", time.monotonic(), 0
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out.write(line)
+                if line.startswith("  CC "):
+                    units += 1
+                    last = line.strip()
+                if time.monotonic() - shown > 15:
+                    shown = time.monotonic()
+                    log.info("build-kernel: [%4.0fs] %d files compiled; %s", shown - t0, units, last)
+            rc = proc.wait()
+        except BaseException:
+            log.info("build-kernel: stopping make")
+            stop_group(proc)
+            raise
     if rc != 0:
         text = log_path.read_text(errors="replace").splitlines()
         errors = [i for i, line in enumerate(text) if "error:" in line or "Error " in line]
@@ -439,7 +501,7 @@ def _make(work: Path, jobs: int, log_path: Path, t0: float):
 def _collect(work: Path, out: Path, log_path: Path):
     """Copy the artifacts into ``out`` atomically (a half-written output is
     never taken for a build)."""
-    tmp = out.parent / f".{out.name}.tmp"
+    tmp = temp_beside(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for src, dst in ARTIFACTS.items():
@@ -477,9 +539,20 @@ def build_tree(tree: Path, jobs: int | None = None) -> Path:
     key = f"{tree.name}-{_digest(str(tree).encode())[:8]}"
     out = tree if in_place else cache_dir() / "tree-builds" / key
     stamp = cache_dir() / "tree-builds" / f"{key}.built"  # not in the user's tree
-    if stamp.is_file() and stamp.read_text().strip() == source.identity:
-        log.info("build-kernel: %s is unchanged since its last build", tree)
-        return out
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    with open(stamp.with_suffix(".lock"), "w") as lock:  # one build of a tree at a time
+        if not _try_lock(lock):
+            log.info("build-kernel: waiting for the other build of %s", tree)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.is_file() and stamp.read_text().strip() == source.identity:
+            log.info("build-kernel: %s is unchanged since its last build", tree)
+            return out
+        _build_tree(tree, out, in_place, stamp, source, jobs, lock.fileno())
+    return out
+
+
+def _build_tree(tree: Path, out: Path, in_place: bool, stamp: Path, source: Source, jobs: int | None,
+                lock_fd: int):
     out.mkdir(parents=True, exist_ok=True)
     env = _env()
     make = [*_make_argv(tree), *([] if in_place else [f"O={out}"])]
@@ -491,12 +564,10 @@ def build_tree(tree: Path, jobs: int | None = None) -> Path:
     t0 = time.monotonic()
     log.info("build-kernel: make bzImage modules in %s", out)
     result = cmd([*make, f"-j{jobs or os.cpu_count() or 1}", "bzImage", "modules"], env=env, check=False,
-                 timeout=7200)
+                 timeout=7200, pass_fds=(lock_fd,))
     if result.rc != 0:
         errors = [l for l in (result.stdout + result.stderr).splitlines() if "error" in l.lower()]
         raise BuildError(f"build-kernel: make failed in {tree}:\n" + "\n".join(errors[:20] or
                                                                               result.stderr.splitlines()[-20:]))
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(source.identity + "\n")
+    write_atomic(stamp, source.identity + "\n")
     log.info("build-kernel: built in %.0fs", time.monotonic() - t0)
-    return out

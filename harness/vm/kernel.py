@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ..endpoint import cmd
-from ..util import HarnessError, cache_dir
+from ..util import HarnessError, cache_dir, temp_beside, write_atomic
 
 DEFAULT_SERIES = "6.12"
 _IMAGE_PACKAGE = re.compile(r"^linux-image-(\d+\.\d+\.\d+)\+(\w+)-amd64-unsigned$")
@@ -225,9 +225,7 @@ class Kernel:
             if data is None or not has_pvh_entry_bytes(data):
                 return self.image
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.{id(self)}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, cached)
+            write_atomic(cached, data)
         return cached
 
     @property
@@ -266,7 +264,7 @@ def embedded_config(kernel: "Kernel") -> str:
         except (zlib.error, gzip.BadGzipFile):
             text = ""
     cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(text)
+    write_atomic(cached, text)
     return text
 
 
@@ -294,7 +292,7 @@ def tree_modules(tree: Path, release: str) -> Path | None:
     moddir = base / "lib/modules" / release
     if (moddir / "modules.dep").is_file():
         return moddir
-    tmp = base.with_name(base.name + f".tmp{os.getpid()}")
+    tmp = temp_beside(base)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp_moddir = tmp / "lib/modules" / release
     for ko in kos:
@@ -439,7 +437,7 @@ def fetch_default(series: str = DEFAULT_SERIES) -> Kernel:
     dest = kernels_cache() / f"debian-{version}"
     log.info("fetching %s into %s", package, dest)
     kernels_cache().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=kernels_cache()) as tmp:
+    with tempfile.TemporaryDirectory(dir=kernels_cache(), prefix=f"harness-fetch-{os.getpid()}-") as tmp:
         cmd(["apt-get", "download", "-q", package], cwd=tmp)
         deb = next(Path(tmp).glob("*.deb"))
         unpacked = Path(tmp) / "root"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..util import Unavailable
+
 HARNESS_FRAGMENT = "images/kconfig/harness.config"
 
 
@@ -63,7 +65,7 @@ class Version:
     why: str = ""
 
 
-class MissingKernelFeature(Exception):
+class MissingKernelFeature(Unavailable):
     """A kernel lacks what a test or a lab needs; the pytest plugin turns it
     into a skip with this message (never a failure)."""
 

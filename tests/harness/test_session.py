@@ -110,3 +110,78 @@ def test_guests_of_a_killed_run_are_reaped(harness, pytestconfig, tmp_path):
     reaped = reap_stale_guests()
     assert any(name.startswith(prefix) for name in reaped)
     assert not any(d.name().startswith(prefix) for d in libvirt_conn().listAllDomains())
+
+
+FLOODS = textwrap.dedent('''
+    import pytest
+    from harness.vm import console
+
+    # small caps, so that a flood is quick to make under TCG
+    console.CONSOLE_KEPT = 256 << 10
+    console.OUTPUT_KEPT = 1 << 20
+    console.OUTPUT_SPILLED = 4 << 20
+
+    def test_console_flood(guest):
+        guest.check("i=0; while [ $i -lt 4000 ]; do "
+                    "echo \\"<6>harness flood line $i: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\\" > /dev/kmsg; "
+                    "i=$((i+1)); done", timeout=300)
+
+    def test_after_console_flood(guest):
+        assert guest.check("echo alive").stdout == "alive\\n"
+
+    def test_output_flood(guest):
+        with pytest.raises(console.OutputFlood) as info:
+            guest.run("cat /dev/zero", timeout=300)
+        print("FLOOD:", info.value)
+        assert len(guest.agent._jobs) == 0
+        assert guest.check("echo alive").stdout == "alive\\n"
+''')
+
+
+def test_floods_cost_bounded_host_memory_and_are_named(harness, pytestconfig, tmp_path):
+    """A kernel that floods its console fails the test that was running,
+    naming the flood, and the next test gets a fresh guest; a command that
+    floods its output is killed past the caps and named, its guest goes on."""
+    (tmp_path / "test_floods.py").write_text(FLOODS)
+    junit = tmp_path / "junit.xml"
+    run = subprocess.run(_pytest(pytestconfig, tmp_path, "-s", str(tmp_path / "test_floods.py"),
+                                 f"--junitxml={junit}"),
+                         capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    cases = _junit(junit)
+    assert set(cases) == {"test_console_flood", "test_after_console_flood", "test_output_flood"}, run.stdout
+    assert cases["test_console_flood"][1] is not None
+    assert "console flood in guest" in cases["test_console_flood"][1]
+    assert "more than 0 MiB of text" not in cases["test_console_flood"][1]
+    assert cases["test_after_console_flood"][1] is None, cases["test_after_console_flood"][1]
+    assert cases["test_output_flood"][1] is None, cases["test_output_flood"][1]
+    flood = next(line for line in run.stdout.splitlines() if line.startswith("FLOOD:"))
+    assert "output flood: the command wrote" in flood and "(the first 1 MiB kept, up to 4 MiB more in" in flood
+
+
+def test_a_sigterm_tears_the_session_down_and_leaves_nothing(harness, pytestconfig, tmp_path):
+    """SIGTERM to a pytest run unwinds it as Ctrl-C does: fixtures torn
+    down (the guest destroyed, its run directory gone) before it exits."""
+    (tmp_path / "test_hang.py").write_text(textwrap.dedent('''
+        import time
+        def test_hang(guest):
+            print("GUEST-UP", flush=True)
+            guest.run("sleep 600", timeout=700)
+    '''))
+    child = subprocess.Popen(_pytest(pytestconfig, tmp_path, "-s", str(tmp_path / "test_hang.py")),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    prefix = f"harness-{child.pid}-"
+    try:
+        for line in child.stdout:
+            if "GUEST-UP" in line:
+                break
+        assert any(d.name().startswith(prefix) for d in libvirt_conn().listAllDomains())
+        child.send_signal(signal.SIGTERM)
+        rest = child.communicate(timeout=60)[0]
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode != 0 and "terminated by SIGTERM" in rest, rest[-3000:]
+    assert not any(d.name().startswith(prefix) for d in libvirt_conn().listAllDomains())
+    from harness.util import RUN_ROOT
+    assert not [d for d in RUN_ROOT.iterdir() if d.name.startswith(prefix)]

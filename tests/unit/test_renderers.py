@@ -3,10 +3,10 @@ from harness.vm.guest import kernel_cmdline
 
 
 def test_kernel_cmdline_under_tcg_keeps_every_argument_apart():
-    args = kernel_cmdline(name="g1-abcd", accel="tcg", lpj="lpj=10000000", modules="/m", venv="/v",
-                          keep=["/repo", "/v", "/m", ""], extra="thread_backlog_napi  harness.test=x")
+    args = kernel_cmdline(name="g1-abcd", accel="tcg", timing=["lpj=10000000", "tsc=reliable"], modules="/m",
+                          venv="/v", keep=["/repo", "/v", "/m", ""], extra="thread_backlog_napi  harness.test=x")
     assert args == ["console=ttyS0,115200", "loglevel=5", "panic=-1", "mitigations=off", "lpj=10000000",
-                    "nohz=off", "harness.name=g1-abcd", "harness.modules=/m", "harness.venv=/v",
+                    "tsc=reliable", "nohz=off", "harness.name=g1-abcd", "harness.modules=/m", "harness.venv=/v",
                     "harness.keep=/repo,/v,/m", "thread_backlog_napi", "harness.test=x"]
 
 
@@ -82,3 +82,37 @@ def test_domain_xml_with_a_vhost_nic_under_tcg():
         name="harness-1-n1", kernel=kernel, initrd=Path("/c/i.cpio"), cmdline="console=ttyS0", vcpus=1,
         memory_mb=384, accel="tcg", console_sock=Path("/run/x/console.sock"), agent_sock=Path("/run/x/agent.sock"),
         qemu_args=render.nic_args(tap="nh1a2bt0", mac="52:54:1a:2b:00:00", queues=2, mtu=1500, index=0)))
+
+
+# -- no topology text ends a here-document ----------------------------------
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+
+HOSTILE = "x\nEOF\nreboot -f"
+
+
+def _guest_with(field: str) -> model.Guest:
+    """proxy-hops' g1 with one field of a container link or route set to
+    text that would end the setup script's here-documents."""
+    g1 = model.load(TOPOLOGIES / "proxy-hops.yaml").guest("g1")
+    c = g1.containers[0]
+    if field.startswith("route."):
+        routes = (model.Route(**{"to": "default", "via": "10.0.0.1", field[6:]: HOSTILE}),)
+        c = dataclasses.replace(c, routes=routes)
+    else:
+        c = dataclasses.replace(c, links=(dataclasses.replace(c.links[0], **{field: HOSTILE}),) + c.links[1:])
+    return dataclasses.replace(g1, containers=(c,) + g1.containers[1:])
+
+
+@pytest.mark.parametrize("field", ["address", "name", "qdisc", "route.to", "route.via"])
+def test_no_field_can_end_a_here_document_of_the_setup_script(field):
+    """The model refuses such text (tests/unit/topologies/bad); the
+    renderer refuses it too, rather than emit a script whose rest runs as
+    shell in the guest."""
+    with pytest.raises(ValueError, match="would end its here-document"):
+        render.guest_setup(_guest_with(field), [])
+
+
+def test_the_heredoc_renderer_passes_ordinary_lines_through():
+    assert render.heredoc("ip -batch -", ["link set lo up"]) == "ip -batch - <<'EOF'\nlink set lo up\nEOF"

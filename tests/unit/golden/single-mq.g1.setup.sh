@@ -1,9 +1,12 @@
 set -e
-d=$(grep -lx 52:54:00:00:00:01 /sys/class/net/*/address | cut -d/ -f5)
+d=; for a in /sys/class/net/*/address; do read -r m < "$a"; [ "$m" = 52:54:00:00:00:01 ] && d=${a%/address}; done
+d=${d##*/}; [ -n "$d" ] || { echo "no NIC with MAC 52:54:00:00:00:01" >&2; exit 1; }
 [ "$d" = eth0 ] || ip link set dev "$d" name eth0
-ip link set dev eth0 mtu 1500
 ethtool -L eth0 combined 2
-ip addr add 10.77.0.2/24 dev eth0
-ip link set dev eth0 up
 echo 2 > /sys/class/net/eth0/queues/rx-0/rps_cpus
 echo 1 > /sys/class/net/eth0/queues/rx-1/rps_cpus
+ip -batch - <<'EOF'
+link set dev eth0 mtu 1500
+addr add 10.77.0.2/24 dev eth0
+link set dev eth0 up
+EOF
