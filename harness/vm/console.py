@@ -92,6 +92,15 @@ OUTPUT_SPILLED = 256 << 20
 MAX_FRAME = 1 << 20         # the agent sends 64 KiB chunks
 
 
+def size(n: int) -> str:
+    """Bytes as a person writes them: 64 MiB, 256 KiB, 900 bytes."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            value = n / (1 << shift)
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{n} bytes"
+
+
 @dataclasses.dataclass(frozen=True)
 class Flood:
     """Where a guest's output went past what the host keeps, and why."""
@@ -166,7 +175,7 @@ class ConsoleLog:
         self._log.write(data[:room])
         self._logged += len(data)
         if self._logged >= CONSOLE_LOGGED:
-            self._log.write(f"\n--- harness: console log cut at {CONSOLE_LOGGED >> 20} MiB (a flood); "
+            self._log.write(f"\n--- harness: console log cut at {size(CONSOLE_LOGGED)} (a flood); "
                             "later lines are scanned for splats, not written ---\n".encode())
 
     def _add(self, new_lines):
@@ -179,9 +188,9 @@ class ConsoleLog:
                     self._lines.append(line)
                     self._kept_bytes += len(line) + 1
                 elif self.flood is None:
-                    self.flood = Flood(n, f"the console printed more than {CONSOLE_KEPT >> 20} MiB of text: "
+                    self.flood = Flood(n, f"the console printed more than {size(CONSOLE_KEPT)} of text: "
                                           f"lines from {n} on are scanned, not kept; the log file stops at "
-                                          f"{CONSOLE_LOGGED >> 20} MiB ({self.log_path})")
+                                          f"{size(CONSOLE_LOGGED)} ({self.log_path})")
                 self._tail.append((n, line))
                 for watcher in self._watchers:
                     if watcher[2] is None and n >= watcher[1] and watcher[0] in line:
@@ -323,8 +332,8 @@ class _Output:
         return self.total > len(self.data)
 
     def describe(self) -> str:
-        where = f", up to {OUTPUT_SPILLED >> 20} MiB more in {self.spill_path}" if self.spill_path else ""
-        return (f"{self.total} bytes to {self.name} (the first {OUTPUT_KEPT >> 20} MiB kept{where}, "
+        where = f", up to {size(OUTPUT_SPILLED)} more in {self.spill_path}" if self.spill_path else ""
+        return (f"{self.total} bytes to {self.name} (the first {size(OUTPUT_KEPT)} kept{where}, "
                 "the rest dropped)")
 
 
