@@ -26,7 +26,7 @@ from .vm.kernel import Kernel
 from .lab.lab import Lab
 from .vm.needs import Version, unmet
 from .ksft import items as ksft_items
-from .util import HarnessError, Terminated, Unavailable
+from .util import HarnessError, Unavailable, install_terminate_handler, teardown_section
 
 GUEST_DEFAULTS = {"vcpus": 2, "memory_mb": 512, "cmdline": ""}
 KEEP_RUNS = 10
@@ -78,7 +78,6 @@ class HarnessSession:
         self.labs: list[Lab] = []
         self.ready_error: str | None = None
         self._ready = False
-        self._terminating = False
         self._flooded: set[Guest] = set()
         self._log_dir: Path | None = None
         self.guest_numbers = itertools.count(1)
@@ -107,19 +106,12 @@ class HarnessSession:
     def _check(self):
         self.accel = prepare(self.kernel, self.config.getoption("accel"))
         self._owner = os.getpid()
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
+        # SIGTERM/SIGHUP unwind as Ctrl-C does: pytest tears the fixtures
+        # down (labs, guests) after the stack is unwound and its locks
+        # released, never inside the handler nor in the middle of a teardown
+        install_terminate_handler()
         atexit.register(self.stop_all)
         watch_parent()
-
-    def _on_signal(self, signum, frame):
-        """Unwind as Ctrl-C does: pytest tears the fixtures down (labs,
-        guests) after the stack is unwound and its locks released, never
-        inside this handler.  Once: a second signal lets that finish."""
-        if self._terminating or os.getpid() != self._owner:
-            return
-        self._terminating = True
-        raise Terminated(signum)
 
     @property
     def log_dir(self) -> Path:
@@ -144,10 +136,11 @@ class HarnessSession:
         return guest
 
     def stop_guest(self, guest: Guest):
-        if guest in self.guests:
-            self.guests.remove(guest)
-        if not self.config.getoption("keep_guests"):
-            guest.stop()
+        with teardown_section():
+            if not self.config.getoption("keep_guests"):
+                guest.stop()
+            if guest in self.guests:
+                self.guests.remove(guest)
 
     def stop_all(self):
         # A forked copy of this process inherits atexit handlers: only the
@@ -180,13 +173,15 @@ class HarnessSession:
         return lab
 
     def stop_lab(self, lab: Lab):
-        if lab in self.labs:
-            self.labs.remove(lab)
-        for guest in lab.all_guests:
-            if guest in self.guests:
-                self.guests.remove(guest)
-        if not self.config.getoption("keep_guests"):
-            lab.down()
+        with teardown_section():
+            guests = lab.all_guests
+            if not self.config.getoption("keep_guests"):
+                lab.down()
+            if lab in self.labs:
+                self.labs.remove(lab)
+            for guest in guests:
+                if guest in self.guests:
+                    self.guests.remove(guest)
 
     # -- splats -----------------------------------------------------------------
     def collect_splats(self, item) -> list[tuple[Guest, Splat]]:

@@ -34,24 +34,74 @@ class Terminated(KeyboardInterrupt):
         super().__init__(f"terminated by {signal.Signals(signum).name}")
 
 
-@contextlib.contextmanager
-def terminate_as_interrupt():
-    """SIGTERM and SIGHUP raise Terminated in the main thread; a second
-    signal while the first unwinds is ignored (the teardown finishes)."""
-    raised = []
+class _Signals:
+    """SIGTERM/SIGHUP as Terminated, raised in the main thread once, never
+    inside a teardown (teardown_section): a signal that lands in one is
+    raised when it ends, so a guest or a lab is never left half removed."""
 
-    def handler(signum, frame):
-        if raised:
-            return
-        raised.append(signum)
+    def __init__(self):
+        self.raised = False
+        self.pending: int | None = None
+        self.depth = 0
+        self.owner = os.getpid()
+        self.lock = threading.RLock()  # the handler runs in the main thread, which may hold it
+
+    def handler(self, signum, frame):
+        if os.getpid() != self.owner:
+            return  # a forked copy of the process
+        with self.lock:
+            if self.raised:
+                return  # the first one is unwinding: let its teardown finish
+            if self.depth:
+                self.pending = signum
+                return
+            self.raised = True
         raise Terminated(signum)
 
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    def leave(self):
+        with self.lock:
+            self.depth -= 1
+            signum = self.pending if self.depth == 0 else None
+            self.pending = None if signum is not None else self.pending
+        if signum is not None:
+            if threading.current_thread() is threading.main_thread():
+                self.handler(signum, None)
+            else:
+                os.kill(os.getpid(), signum)  # its handler runs in the main thread
+
+
+SIGNALS = _Signals()
+
+
+def install_terminate_handler():
+    """From now on SIGTERM and SIGHUP raise Terminated (see _Signals)."""
+    SIGNALS.owner = os.getpid()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, SIGNALS.handler)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """install_terminate_handler() for the duration, the old handlers after."""
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    install_terminate_handler()
     try:
         yield
     finally:
         for sig, previous in old.items():
             signal.signal(sig, previous)
+
+
+@contextlib.contextmanager
+def teardown_section():
+    """A teardown that a SIGTERM must not cut in half: the signal is
+    raised once the outermost section ends."""
+    with SIGNALS.lock:
+        SIGNALS.depth += 1
+    try:
+        yield
+    finally:
+        SIGNALS.leave()
 
 
 def describe_error(e: BaseException) -> str:

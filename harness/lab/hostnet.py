@@ -32,7 +32,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..endpoint import DoneJob, Endpoint, Result
-from ..util import RUN_ROOT, HarnessError, owner_alive, private_dir, process_start
+from ..util import RUN_ROOT, HarnessError, owner_alive, private_dir, process_start, teardown_section
 
 log = logging.getLogger(__name__)
 
@@ -314,10 +314,11 @@ class HostNet:
             return  # a forked copy of the owner unwinding its stack: not ours to remove
         # A fresh socket: a failure during setup may have left self.ipr
         # waiting for a reply that will never come.
-        self.ipr.close()
-        remove_objects(self.objects, self.lab_id, (self.owner, self.start))
-        self.objects = []
-        self.registry.unlink(missing_ok=True)
+        with teardown_section():
+            self.ipr.close()
+            remove_objects(self.objects, self.lab_id, (self.owner, self.start))
+            self.objects = []
+            self.registry.unlink(missing_ok=True)
 
 
 def home() -> str:

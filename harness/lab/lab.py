@@ -26,7 +26,7 @@ from ..endpoint import Endpoint
 from ..vm.guest import Guest
 from .hosts import LocalHost, Plumbing
 from ..vm.kernel import Kernel
-from ..util import HarnessError
+from ..util import HarnessError, teardown_section
 
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,10 @@ class Lab:
     def down(self):
         if os.getpid() != self._owner:
             return  # a forked copy of the owner unwinding its stack: not ours to remove
+        with teardown_section():
+            self._down()
+
+    def _down(self):
         nested, self.nested_labs = list(self.nested_labs.values()), {}
         for lab in nested:  # inside guests that are still up: they leave nothing there either
             lab.down()

@@ -26,7 +26,7 @@ from .console import AgentChannel, ConsoleLog, GuestError, Job, connect_unix
 from .images import build_initramfs, domain_xml
 from .kernel import Kernel
 from .splat import Splat
-from ..util import REPO, RUN_ROOT, HarnessError, pid_alive, run_dir
+from ..util import REPO, RUN_ROOT, HarnessError, pid_alive, run_dir, teardown_section
 
 log = logging.getLogger(__name__)
 
@@ -304,14 +304,17 @@ class Guest(Endpoint):
                          interfaces=self.interfaces, qemu_args=self.qemu_args)
         t0 = time.monotonic()
         try:
-            with self._life:
+            # a signal while libvirt creates the domain waits until it is ours to destroy
+            with teardown_section(), self._life:
                 if self._stopped:
                     raise GuestError(f"{self.name}: stopped before it booted")
                 # Paused first: both channels are connected before the first byte.
                 self._dom = self.hypervisor.create(xml)
-        except HarnessError as e:
-            self._cleanup_dir()
-            raise GuestError(f"{self.name}: {e}") from None
+        except BaseException as e:
+            self._teardown()
+            if isinstance(e, HarnessError) and not isinstance(e, GuestError):
+                raise GuestError(f"{self.name}: {e}") from None
+            raise
         try:
             self.console = ConsoleLog(self.hypervisor.connect(console_sock),
                                       log_dir / f"{self.name}.console.log",
@@ -388,9 +391,10 @@ class Guest(Endpoint):
         """Destroy the domain and remove its files; safe to call twice."""
         if os.getpid() != self._owner:
             return  # a forked copy of the owner (e.g. a pyroute2 helper) exiting
-        with self._life:
-            self._stopped = True
-        self._teardown()
+        with teardown_section():
+            with self._life:
+                self._stopped = True
+            self._teardown()
 
     def _teardown(self):
         """The domain destroyed, the channels closed, the files removed."""
