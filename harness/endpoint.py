@@ -116,11 +116,15 @@ def cmd(argv, check: bool = True, timeout: float = 120, **kw) -> Result:
     (its timeout, Ctrl-C, SIGTERM) ends the whole group first: no make or
     compiler outlives the call."""
     argv = list(map(str, argv))
-    kw.setdefault("stdout", subprocess.PIPE)
-    kw.setdefault("stderr", subprocess.PIPE)
+    if kw.pop("capture_output", True):
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+    data = kw.pop("input", None)
+    if data is not None:
+        kw.setdefault("stdin", subprocess.PIPE)
     proc = subprocess.Popen(argv, start_new_session=True, **kw)
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(data, timeout=timeout)
     except BaseException:
         stop_group(proc)
         raise

@@ -97,6 +97,7 @@ class GuestHost:
         self.accel = "tcg"
         self.speed_scale = 1.0       # of its nested guests' time limits (measured in start())
         self.predicted_boot_s = 0.0  # what a nested guest's boot should take here
+        self.loop_s = 0.0            # the speed loop's time in this guest (0: not measured, KVM)
         self.has_vhost_net = False
         self.release = ""
         self.hypervisor = self  # its domains run in the guest
@@ -141,7 +142,7 @@ class GuestHost:
         a host too slow for them is a named skip, not a timeout."""
         if self.guest.accel == "kvm":
             return  # nested guests under KVM run near the outer guest's speed
-        loop = self.guest.loop_seconds()
+        self.loop_s = loop = self.guest.loop_seconds()
         self.predicted_boot_s = NESTED_BOOT_PER_LOOP2 * loop ** 2
         self.speed_scale = max(1.0, (loop / REF_LOOP_S) ** 2)
         log.info("%s: speed loop %.2fs: nested guests' limits x%.1f, a nested boot ~%.0fs", self.guest.name,
