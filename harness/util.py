@@ -167,16 +167,16 @@ def owner_alive(pid: int, start: int | None) -> bool:
 
 
 TEMP_PREFIX = "harness-"
-_TEMP_NAME = re.compile(r"\..+\.(\d+)(\.\d+)?\.tmp|\.reserve-(\d+)\.tmp")
+_TEMP_NAME = re.compile(r"\..+\.(\d+)-\d+\.tmp")
 _TEMP_DIR = re.compile(rf"{TEMP_PREFIX}[a-z-]*?(\d+)-.+")
 
 
 def temp_beside(path: Path) -> Path:
     """A temporary name next to ``path`` that says which process made it
-    (``.NAME.PID.THREAD.tmp``): a run killed while writing leaves one, and
+    (``.NAME.PID-THREAD.tmp``): a run killed while writing leaves one, and
     the next run removes it (reap_temp)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident() % 10**9}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident() % 10**9}.tmp")
 
 
 def temp_dir(what: str, parent: Path | None = None) -> Path:
@@ -198,8 +198,7 @@ def reap_temp(dirs) -> list[str]:
             m = _TEMP_NAME.fullmatch(entry.name) or _TEMP_DIR.fullmatch(entry.name)
             if m is None:
                 continue
-            pid = int(next(g for g in m.groups() if g and g.isdigit() and not g.startswith(".")))
-            if pid_alive(pid):
+            if pid_alive(int(m.group(1))):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)

@@ -32,7 +32,8 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..endpoint import DoneJob, Endpoint, Result
-from ..util import RUN_ROOT, HarnessError, owner_alive, private_dir, process_start, teardown_section
+from ..util import (RUN_ROOT, HarnessError, owner_alive, private_dir, process_start, reap_temp, teardown_section,
+                    temp_beside, write_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +349,7 @@ def _reserve(lab_id: str | None, owner: int, start: int | None) -> tuple[str, Pa
     whole and exclusively (a hard link of a complete file: a reader never
     sees it empty, and two runs never get one id)."""
     private_dir(LABS_DIR)
-    tmp = LABS_DIR / f".reserve-{owner}.tmp"
+    tmp = temp_beside(LABS_DIR / "reserve")
     tmp.write_text(_registry_text(owner, start, []))
     try:
         for _ in range(200):
@@ -366,9 +367,7 @@ def _reserve(lab_id: str | None, owner: int, start: int | None) -> tuple[str, Pa
 
 
 def _write_registry(registry: Path, owner: int, start: int | None, objects):
-    tmp = registry.with_suffix(f".{owner}.tmp")
-    tmp.write_text(_registry_text(owner, start, objects))
-    os.replace(tmp, registry)
+    write_atomic(registry, _registry_text(owner, start, objects))
 
 
 def _link_tag(ipr, name: str) -> tuple[int, str | None] | None:
@@ -438,10 +437,7 @@ def reap_stale_labs() -> list[str]:
             remove_objects(objects, registry.stem, (owner, start))
             registry.unlink(missing_ok=True)
             reaped.append(registry.stem)
-        for tmp in LABS_DIR.glob(".*.tmp"):  # half-made registries of dead runs
-            m = re.search(r"[.-](\d+)\.tmp$", tmp.name)
-            if m and not owner_alive(int(m.group(1)), None):
-                tmp.unlink(missing_ok=True)
+        reap_temp([LABS_DIR])  # half-made registries of dead runs
 
     def stray(name: str, tag_text: str | None) -> bool:
         m = _OURS.match(name)
