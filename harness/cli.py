@@ -260,6 +260,8 @@ def cmd_up(args):
         while True:
             try:
                 line = input("lab> ").strip()
+            except Terminated:
+                raise  # torn down by the way out, and exits 128 + signal
             except (EOFError, KeyboardInterrupt):
                 print()
                 break

@@ -13,14 +13,17 @@ Endpoint is the base: a subclass gives ``name``, ``spawn()`` and ``dump()``.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import os
 import signal
 import subprocess
+import threading
+import time
 from typing import Protocol
 
-from .util import HarnessError
+from .util import HarnessError, teardown_section
 
 
 @dataclasses.dataclass
@@ -122,34 +125,103 @@ def cmd(argv, check: bool = True, timeout: float = 120, **kw) -> Result:
     data = kw.pop("input", None)
     if data is not None:
         kw.setdefault("stdin", subprocess.PIPE)
-    proc = subprocess.Popen(argv, start_new_session=True, **kw)
-    try:
+    with process_group(argv, **kw) as proc:
         out, err = proc.communicate(data, timeout=timeout)
-    except BaseException:
-        stop_group(proc)
-        raise
     result = Result(proc.returncode, out or b"", err or b"")
     if check and result.rc != 0:
         raise CommandFailed("host", argv, result)
     return result
 
 
+# Process groups started here and not yet stopped: a command of a thread
+# other than the main one (a guest's boot building the agent) is not
+# interrupted by a signal, so the process ends them when it exits.
+_live: dict[int, subprocess.Popen] = {}
+_live_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def process_group(argv, *, grace: float = 10.0, **kw):
+    """``Popen(argv)`` in a session of its own, for the ``with`` block:
+    whatever ends the block early (an exception, Ctrl-C, SIGTERM) ends the
+    whole group first (stop_group), and so does this process's exit while
+    the block still runs in another thread."""
+    proc = None
+    try:
+        # a SIGTERM landing in the fork would leave a child nobody stops:
+        # it is raised once the child is known
+        with teardown_section():
+            proc = subprocess.Popen(argv, start_new_session=True, **kw)
+            with _live_lock:
+                _live[proc.pid] = proc
+        yield proc
+    except BaseException:
+        if proc is not None:
+            stop_group(proc, grace)
+        raise
+    finally:
+        if proc is not None:
+            _forget(proc)
+
+
+def _forget(proc: subprocess.Popen):
+    with _live_lock:
+        _live.pop(proc.pid, None)
+
+
+@atexit.register
+def _end_live_groups():
+    with _live_lock:
+        procs = list(_live.values())
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    for proc in procs:
+        _wait_group_gone(proc.pid)
+
+
 def stop_group(proc: subprocess.Popen, grace: float = 10.0):
     """End ``proc``'s process group: SIGTERM, then SIGKILL after ``grace``
-    seconds; returns once ``proc`` is reaped."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
+    seconds; returns once ``proc`` is reaped and its group is gone (a
+    compiler's cc1 dies a moment after its gcc)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(1)
+        proc.wait(grace)
+    # the group is a session of our making: whatever of it is left goes too
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(30)
+    _wait_group_gone(proc.pid)
+    _forget(proc)
     for stream in (proc.stdout, proc.stderr, proc.stdin):
         if stream is not None:
             with contextlib.suppress(OSError):
                 stream.close()
+
+
+def _wait_group_gone(pgid: int, limit_s: float = 2.0):
+    """Until no process of group ``pgid`` runs (zombies waiting for their
+    reaper do not count), for at most ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and _group_runs(pgid):
+        time.sleep(0.01)
+
+
+def _group_runs(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    for stat in os.scandir("/proc"):
+        if not stat.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{stat.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
+            return True
+    return False

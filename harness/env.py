@@ -42,7 +42,8 @@ def prepare(kernel, accel: str = "auto") -> str:
 
 def reap_leftovers() -> list[str]:
     """Temporary files and directories of runs that were killed."""
-    return reap_temp([tempfile.gettempdir(), *(cache_dir() / d for d in CACHE_SUBDIRS)])
+    return (reap_temp([tempfile.gettempdir()], names_only=True)
+            + reap_temp([cache_dir() / d for d in CACHE_SUBDIRS]))
 
 
 def libvirtd_pid() -> int | None:

@@ -73,8 +73,9 @@ def inject(scenario: Scenario, at_s: float, sig: int, *, next_limit_s: float = 9
     before = set(leftovers())  # what was there already is not this point's
     env = {**os.environ, **scenario.env}
     marker = f"{os.getpid()}-{time.monotonic_ns()}"  # inherited by everything the command starts
+    errors = tempfile.TemporaryFile()  # a file, not a pipe: an orphan holding it open blocks nothing
     child = subprocess.Popen(scenario.argv, cwd=REPO, env={**env, MARKER: marker}, stdin=subprocess.PIPE,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                             stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True)
     try:
         child.wait(at_s)
     except subprocess.TimeoutExpired:
@@ -91,7 +92,9 @@ def inject(scenario: Scenario, at_s: float, sig: int, *, next_limit_s: float = 9
             child.wait()
     else:
         exited_s = 0.0
-    stderr = child.stderr.read().decode(errors="replace") if child.stderr else ""
+    errors.seek(0)
+    stderr = errors.read().decode(errors="replace")
+    errors.close()
     term_leaks = []
     if sig == signal.SIGTERM and exited_s is not None:
         # a command that had time to stop must have stopped everything it started

@@ -3,6 +3,7 @@ run directories."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ class _Signals:
 
     def __init__(self):
         self.raised = False
+        self.raised_again = 0
         self.pending: int | None = None
         self.depth = 0
         self.owner = os.getpid()
@@ -51,7 +53,12 @@ class _Signals:
             return  # a forked copy of the process
         with self.lock:
             if self.raised:
-                return  # the first one is unwinding: let its teardown finish
+                # the first one is unwinding: let its teardown finish; a
+                # third signal (a teardown that hangs) ends the process
+                self.raised_again += 1
+                if self.raised_again >= 2:
+                    os._exit(128 + signum)
+                return
             if self.depth:
                 self.pending = signum
                 return
@@ -90,6 +97,7 @@ def terminate_as_interrupt():
     finally:
         for sig, previous in old.items():
             signal.signal(sig, previous)
+        SIGNALS.raised, SIGNALS.raised_again, SIGNALS.pending = False, 0, None
 
 
 @contextlib.contextmanager
@@ -185,9 +193,10 @@ def temp_dir(what: str, parent: Path | None = None) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{what}-{os.getpid()}-", dir=parent))
 
 
-def reap_temp(dirs) -> list[str]:
+def reap_temp(dirs, names_only: bool = False) -> list[str]:
     """Remove the temporary files and directories of dead processes in
-    ``dirs`` (temp_beside's names, temp_dir's directories)."""
+    ``dirs`` (temp_beside's names, temp_dir's directories; ``names_only``:
+    temp_dir's alone, for a directory others share, as /tmp)."""
     reaped = []
     for d in map(Path, dirs):
         try:
@@ -195,15 +204,17 @@ def reap_temp(dirs) -> list[str]:
         except OSError:
             continue
         for entry in entries:
-            m = _TEMP_NAME.fullmatch(entry.name) or _TEMP_DIR.fullmatch(entry.name)
-            if m is None:
+            m = _TEMP_DIR.fullmatch(entry.name) or (None if names_only else _TEMP_NAME.fullmatch(entry.name))
+            if m is None or pid_alive(int(m.group(1))):
                 continue
-            if pid_alive(int(m.group(1))):
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink(missing_ok=True)
+            except OSError as e:
+                logging.getLogger(__name__).warning("cannot remove %s: %s", entry, e)
                 continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
             reaped.append(str(entry))
     return reaped
 
@@ -215,9 +226,13 @@ def write_atomic(path: Path, data: bytes | str):
     tmp = temp_beside(path)
     if isinstance(data, str):
         data = data.encode()
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def cache_dir() -> Path:

@@ -16,8 +16,12 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ..endpoint import stop_group
+from ..endpoint import process_group, stop_group
 from ..util import REPO
+
+# a stopped run gets SIGTERM first (the plugin tears its guests down), SIGKILL
+# after this; anything a killed run left is reaped by the next one
+STOP_GRACE_S = 30
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +111,16 @@ def run_selection(kernel, expr: str, *, deadline_s: float, log_dir: Path, accel:
     with open(log_dir / "pytest.out", "w") as out:
         # its own session (a stuck run is killed whole), watching this
         # process: if it dies, even by SIGKILL, the run ends too
-        child = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True, env={**os.environ, "HARNESS_PARENT_PID": str(os.getpid())})
-        try:
-            rc = child.wait(deadline_s)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _stop(child)
-            rc = child.returncode
-        except BaseException:
-            _stop(child)
-            raise
+        with process_group(argv, grace=STOP_GRACE_S, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL,
+                           env={**os.environ, "HARNESS_PARENT_PID": str(os.getpid())}) as child:
+            try:
+                rc = child.wait(deadline_s)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                stop_group(child, grace=STOP_GRACE_S)
+                rc = child.returncode
     seconds = time.monotonic() - t0
     tests = parse_junit(junit) if junit.is_file() else []
     if timed_out:
@@ -132,7 +134,3 @@ def run_selection(kernel, expr: str, *, deadline_s: float, log_dir: Path, accel:
     return Outcome("error", seconds, tests, what)
 
 
-def _stop(child: subprocess.Popen):
-    """SIGTERM first (the plugin tears its guests down), SIGKILL after 30 s;
-    anything a killed run left is reaped by the next one."""
-    stop_group(child, grace=30)

@@ -179,6 +179,12 @@ class HostNet:
         return name
 
     def _record(self, kind: str, name: str):
+        """Recorded before it is made (a run killed in between leaves a
+        registry entry, not an unknown object); a name that exists already
+        is someone else's and is never recorded (nor removed)."""
+        if kind == "link" and self.ipr.link_lookup(ifname=name):
+            raise HostNetError(f"host link {name} exists already and is not this lab's "
+                               "(another run's, or not a harness's): not touched")
         self.objects.append((kind, name))
         _write_registry(self.registry, self.owner, self.start, self.objects)
 
@@ -388,19 +394,20 @@ def _netns_tag(name: str) -> str | None:
         return None
 
 
-def _ours(tag_text: str | None, lab_id: str, owner: tuple[int, int | None] | None) -> bool:
+def _ours(tag_text: str | None, lab_id: str, owner: tuple[int, int | None] | None,
+          untagged_ours: bool = True) -> bool:
     """Whether an object with this alias belongs to lab ``lab_id`` of
     ``owner`` (pid, start); untagged counts as ours for the lab that
     recorded it (a run killed between creating and tagging it)."""
     if not tag_text:
-        return True
+        return untagged_ours
     tag = parse_tag(tag_text)
     if tag is None or tag[0] != lab_id:
         return False
     return owner is None or ((tag[1], tag[2]) == owner and tag[3] == home())
 
 
-def remove_objects(objects, lab_id: str, owner: tuple[int, int | None] | None):
+def remove_objects(objects, lab_id: str, owner: tuple[int, int | None] | None, untagged_ours: bool = True):
     """Remove a lab's recorded objects, those that are still its own:
     a name another run (or anything else) holds now is left alone."""
     ipr = IPRoute()
@@ -409,9 +416,10 @@ def remove_objects(objects, lab_id: str, owner: tuple[int, int | None] | None):
             try:
                 if kind == "link":
                     found = _link_tag(ipr, name)
-                    if found is not None and _ours(found[1], lab_id, owner):
+                    if found is not None and _ours(found[1], lab_id, owner, untagged_ours):
                         ipr.link("del", index=found[0])
-                elif kind == "netns" and name in netns.listnetns() and _ours(_netns_tag(name), lab_id, owner):
+                elif kind == "netns" and name in netns.listnetns() and _ours(_netns_tag(name), lab_id, owner,
+                                                                             untagged_ours):
                     netns.remove(name)
             except (NetlinkError, OSError) as e:
                 log.warning("could not remove %s %s: %s", kind, name, e)
@@ -439,18 +447,22 @@ def reap_stale_labs() -> list[str]:
             reaped.append(registry.stem)
         reap_temp([LABS_DIR])  # half-made registries of dead runs
 
-    def stray(name: str, tag_text: str | None) -> bool:
+    def dead_owner(name: str, tag_text: str | None):
+        """(pid, start) of a stray's dead owner, or None when it is not a stray."""
         m = _OURS.match(name)
         if m is None or (LABS_DIR / f"{m.group(1)}.json").exists():
-            return False  # not ours, or a live lab's (its registry is written before anything exists)
+            return None  # not ours, or a live lab's (its registry is written before anything exists)
         tag = parse_tag(tag_text)
-        return tag is not None and tag[0] == m.group(1) and not owner_alive(tag[1], tag[2])
+        if tag is None or tag[0] != m.group(1) or tag[3] != home() or owner_alive(tag[1], tag[2]):
+            return None
+        return tag[1], tag[2]
 
     with IPRoute() as ipr:
-        strays = [("link", link.get_attr("IFLA_IFNAME")) for link in ipr.link("dump")
-                  if stray(link.get_attr("IFLA_IFNAME") or "", link.get_attr("IFLA_IFALIAS"))]
-    strays += [("netns", n) for n in netns.listnetns() if _OURS.match(n) and stray(n, _netns_tag(n))]
-    for kind, name in strays:
-        remove_objects([(kind, name)], _OURS.match(name).group(1), None)  # type: ignore[union-attr]
-        reaped.append(name)
+        links = [(link.get_attr("IFLA_IFNAME") or "", link.get_attr("IFLA_IFALIAS")) for link in ipr.link("dump")]
+    strays = [("link", name, dead_owner(name, alias)) for name, alias in links]
+    strays += [("netns", n, dead_owner(n, _netns_tag(n))) for n in netns.listnetns() if _OURS.match(n)]
+    for kind, name, owner in strays:
+        if owner is not None:  # the tag is read again there: removed only if it still names that owner
+            remove_objects([(kind, name)], name[len(PREFIX):len(PREFIX) + 4], owner, untagged_ours=False)
+            reaped.append(name)
     return reaped

@@ -81,11 +81,14 @@ class _Converter:
         self.built = 0
         self.open: set[int] = set()   # nodes being converted: an alias to one is a cycle
 
-    def value(self, node):
-        self.built += 1
+    def _count(self, n: int, node):
+        self.built += n
         if self.built > MAX_NODES:
             raise ReadError(_line(node.start_mark), f"more than {MAX_NODES} values once aliases are "
                                                     "expanded (an alias bomb?)")
+
+    def value(self, node):
+        self._count(1, node)
         if id(node) in self.open:
             raise ReadError(_line(node.start_mark), "an alias refers to a node that contains it (a cycle)")
         if isinstance(node, yaml.ScalarNode):
@@ -131,9 +134,11 @@ class _Converter:
                     raise ReadError(_line(source.start_mark), "an alias refers to a node that contains it (a cycle)")
                 self.open.add(id(source))
                 try:
-                    merged += [pair for pair in self._pairs(source)]
+                    pairs = self._pairs(source)
                 finally:
                     self.open.discard(id(source))
+                self._count(len(pairs), source)  # merges expand like aliases: the same budget
+                merged += pairs
         keys = {_scalar(k) for k, _ in own if isinstance(k, yaml.ScalarNode)}
         inherited, taken = [], set()
         for k, v in merged:

@@ -131,6 +131,7 @@ class ConsoleLog:
         self._kept_bytes = 0
         self._tail: collections.deque[tuple[int, str]] = collections.deque(maxlen=CONSOLE_TAIL)
         self._watchers: list[list] = []         # [needle, start, found index or None]
+        self._marks: dict[int, str] = {}        # index -> line, of the harness's marks
         self._logged = 0
         self._cond = threading.Condition()
         self._log = open(log_path, "ab", buffering=0)
@@ -159,8 +160,11 @@ class ConsoleLog:
                                for c in complete for at in range(0, max(len(c), 1), LONGEST_LINE)])
             if pending:
                 self._add([pending.decode(errors="replace")])
-        except Exception:  # a bug here must not leave a waiter waiting
-            log.exception("%s: console reader failed", self.log_path.name)
+        except Exception:  # a bug here must not leave a waiter waiting, nor the guest's serial port full
+            log.exception("%s: console reader failed; the rest is read and dropped", self.log_path.name)
+            with contextlib.suppress(OSError):
+                while self._sock.recv(65536):
+                    pass
         finally:
             with self._cond:
                 self.closed = True
@@ -172,11 +176,15 @@ class ConsoleLog:
         if self._logged >= CONSOLE_LOGGED:
             return
         room = CONSOLE_LOGGED - self._logged
-        self._log.write(data[:room])
-        self._logged += len(data)
-        if self._logged >= CONSOLE_LOGGED:
-            self._log.write(f"\n--- harness: console log cut at {size(CONSOLE_LOGGED)} (a flood); "
-                            "later lines are scanned for splats, not written ---\n".encode())
+        try:
+            self._log.write(data[:room])
+            self._logged += len(data)
+            if self._logged >= CONSOLE_LOGGED:
+                self._log.write(f"\n--- harness: console log cut at {size(CONSOLE_LOGGED)} (a flood); "
+                                "later lines are scanned for splats, not written ---\n".encode())
+        except OSError as e:  # a full disk: the console is still read (or the guest would stall)
+            log.warning("%s: cannot write the console log (%s): no more of it is written", self.log_path, e)
+            self._logged = CONSOLE_LOGGED
 
     def _add(self, new_lines):
         panic_ended = False
@@ -192,6 +200,10 @@ class ConsoleLog:
                                           f"lines from {n} on are scanned, not kept; the log file stops at "
                                           f"{size(CONSOLE_LOGGED)} ({self.log_path})")
                 self._tail.append((n, line))
+                if "harness-mark-" in line:  # the harness's own marks are kept whatever a flood costs
+                    self._marks[n] = line
+                    if len(self._marks) > 1000:
+                        del self._marks[next(iter(self._marks))]
                 for watcher in self._watchers:
                     if watcher[2] is None and n >= watcher[1] and watcher[0] in line:
                         watcher[2] = n
@@ -222,7 +234,7 @@ class ConsoleLog:
             return self._lines[i]
         if self._tail and self._tail[0][0] <= i:
             return self._tail[i - self._tail[0][0]][1]
-        return None
+        return self._marks.get(i)
 
     def wait_for_line(self, needle: str, start: int = 0, timeout: float = 10.0) -> int:
         """Index of the first line at or after ``start`` containing ``needle``."""
@@ -242,7 +254,7 @@ class ConsoleLog:
                     self._cond.wait(left)
                 return int(watcher[2])
             finally:
-                self._watchers.remove(watcher)
+                self._watchers = [w for w in self._watchers if w is not watcher]
 
     def splat_since(self, start: int, older_than: float, ignore=()) -> Splat | None:
         """The first splat at or after line ``start`` that appeared at least
@@ -371,7 +383,7 @@ class Job:
         stream = self._out if kind == "O" else self._err
         if not stream.add(payload) and self.flood is None:
             self.flood = stream
-            self.kill()
+            self.kill_soon()
 
     def finish(self, rc: int | None = None, error: str | None = None):
         if rc is not None:
@@ -416,6 +428,11 @@ class Job:
 
     def kill(self):
         self.channel.send(self.id, b"K", b"")
+
+    def kill_soon(self):
+        """kill() from the reader thread: in a thread of its own, since a
+        send can wait for the guest, which may be waiting for the reader."""
+        threading.Thread(target=self.kill, name=f"kill:{self.id}", daemon=True).start()
 
     @property
     def running(self) -> bool:
@@ -615,7 +632,7 @@ class AgentChannel:
                 log.exception("%s: output handler of job %d failed", self.name, job_id)
                 with self._jobs_lock:
                     self._jobs.pop(job_id, None)
-                job.kill()
+                job.kill_soon()
                 job.finish(error=f"its output handler failed ({type(e).__name__}: {e})")
         elif kind == "X":
             job.finish(rc=rc)

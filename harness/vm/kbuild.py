@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..endpoint import cmd, stop_group
+from ..endpoint import cmd, process_group
 from ..util import REPO, HarnessError, cache_dir, temp_beside, write_atomic
 
 ROOT = REPO
@@ -104,10 +104,10 @@ def tree_source(path) -> Source:
     def prepare(work: Path):
         work.mkdir(parents=True)
         # the tree without its git data and build outputs; mrproper drops the rest
-        pack = subprocess.Popen(["tar", "-C", tree, "--exclude=.git", "--exclude=*.o", "--exclude=*.cmd",
-                                 "--exclude=*.ko", "-cf", "-", "."], stdout=subprocess.PIPE)
-        cmd(["tar", "-C", work, "-xf", "-"], stdin=pack.stdout, timeout=1800)
-        pack.wait()
+        with process_group(["tar", "-C", tree, "--exclude=.git", "--exclude=*.o", "--exclude=*.cmd",
+                            "--exclude=*.ko", "-cf", "-", "."], stdout=subprocess.PIPE) as pack:
+            cmd(["tar", "-C", work, "-xf", "-"], stdin=pack.stdout, timeout=1800)
+            pack.wait()
         cmd(["make", "-C", work, "-s", "mrproper"], timeout=600)
 
     def read(rel: str) -> bytes:
@@ -305,7 +305,7 @@ class Tree:
         log.info("build-kernel: preparing %s in %s", self.source.identity, self.work)
         self.source.prepare(self.work)
         self.pristine.mkdir(parents=True)
-        _configure(self.work, self.fragments, self.soft)
+        _configure(self.work, self.fragments, self.soft, self._lock_fd())
         (self.dir / ".ready").write_text(f"{self.source.identity}\nprepared in {time.monotonic() - t0:.0f}s\n")
 
     def build(self, patches=()) -> Path:
@@ -344,17 +344,20 @@ class Tree:
                     target.write_bytes(want)
         log.info("build-kernel: %s: %d patch(es), %d file(s) changed in the tree", out.name, len(texts), len(changed))
         if any(Path(rel).name.startswith("Kconfig") for rel in changed):
-            _configure(self.work, self.fragments, self.soft)
+            _configure(self.work, self.fragments, self.soft, self._lock_fd())
         builds_dir().mkdir(parents=True, exist_ok=True)
         log_path = builds_dir() / f"{out.name}.log"
-        assert self._lock is not None
-        _make(self.work, self.jobs, log_path, t0, lock_fd=self._lock.fileno())
+        _make(self.work, self.jobs, log_path, t0, lock_fd=self._lock_fd())
         _collect(self.work, out, log_path)
         soft_missing = self.work / SOFT_MISSING
         if soft_missing.exists():
             shutil.copy2(soft_missing, out / SOFT_MISSING)
         log.info("build-kernel: built: %s", out)
         return out
+
+    def _lock_fd(self) -> int:
+        assert self._lock is not None
+        return self._lock.fileno()
 
     def _ever_touched(self) -> list[str]:
         found = []
@@ -431,20 +434,21 @@ def _base(minimal: bool) -> Path:
     return MINIMAL_CONFIG if minimal else HARNESS_CONFIG
 
 
-def _configure(work: Path, fragments: list[Path], soft=()):
+def _configure(work: Path, fragments: list[Path], soft=(), lock_fd: int | None = None):
     env, make = _env(), _make_argv(work)
+    held: dict = {"pass_fds": (lock_fd,)} if lock_fd is not None else {}  # a killed run's make keeps the tree
     if fragments[0] == MINIMAL_CONFIG:
         # allnoconfig with every fragment as its "all" file: what is not
         # asked for is off
         allconfig = work / ".harness-allconfig"
         allconfig.write_text("".join(f.read_text() + "\n" for f in fragments))
-        cmd([*make, "allnoconfig"], env={**env, "KCONFIG_ALLCONFIG": str(allconfig)}, timeout=600)
+        cmd([*make, "allnoconfig"], env={**env, "KCONFIG_ALLCONFIG": str(allconfig)}, timeout=600, **held)
     else:
-        cmd([*make, "defconfig"], env=env, timeout=600)
-        cmd([*make, "kvm_guest.config"], env=env, timeout=600)
+        cmd([*make, "defconfig"], env=env, timeout=600, **held)
+        cmd([*make, "kvm_guest.config"], env=env, timeout=600, **held)
         cmd([work / "scripts/kconfig/merge_config.sh", "-m", "-O", work, work / ".config", *fragments],
-            env=env, cwd=work, timeout=600)
-    cmd([*make, "olddefconfig"], env=env, timeout=600)
+            env=env, cwd=work, timeout=600, **held)
+    cmd([*make, "olddefconfig"], env=env, timeout=600, **held)
     strict = requested_options([f for f in fragments if f not in soft])
     lost = missing_options(requested_options(fragments), (work / ".config").read_text())
     required = [m for m in lost if m.split("=", 1)[0] in strict]
@@ -470,24 +474,22 @@ def _make(work: Path, jobs: int, log_path: Path, t0: float, lock_fd: int | None 
     log.info("build-kernel: compiling with -j%d%s; log: %s", jobs, " and ccache" if "CC=ccache gcc" in make else "",
              log_path)
     with open(log_path, "w") as out:
-        proc = subprocess.Popen([*make, "bzImage"], env=_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                pass_fds=() if lock_fd is None else (lock_fd,))
         try:
-            last, shown, units = "", time.monotonic(), 0
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                out.write(line)
-                if line.startswith("  CC "):
-                    units += 1
-                    last = line.strip()
-                if time.monotonic() - shown > 15:
-                    shown = time.monotonic()
-                    log.info("build-kernel: [%4.0fs] %d files compiled; %s", shown - t0, units, last)
-            rc = proc.wait()
+            with process_group([*make, "bzImage"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, pass_fds=() if lock_fd is None else (lock_fd,)) as proc:
+                last, shown, units = "", time.monotonic(), 0
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    out.write(line)
+                    if line.startswith("  CC "):
+                        units += 1
+                        last = line.strip()
+                    if time.monotonic() - shown > 15:
+                        shown = time.monotonic()
+                        log.info("build-kernel: [%4.0fs] %d files compiled; %s", shown - t0, units, last)
+                rc = proc.wait()
         except BaseException:
-            log.info("build-kernel: stopping make")
-            stop_group(proc)
+            log.info("build-kernel: make stopped")
             raise
     if rc != 0:
         text = log_path.read_text(errors="replace").splitlines()

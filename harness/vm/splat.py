@@ -37,6 +37,8 @@ _OPENER_RE = [(kind, re.compile(p)) for kind, p in OPENERS]
 _END_RE = re.compile(r"---\[ end (trace [0-9a-f]+|Kernel panic)")
 _TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s?")
 MAX_LINES = 120  # a splat without an end marker is cut here
+MAX_LINE = 1024  # characters of a line kept in a splat
+MAX_SPLATS_PER_KIND = 50  # a WARN in a hot path prints thousands: the first are kept, the rest counted
 
 
 _STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
@@ -91,6 +93,8 @@ class SplatScanner:
 
     def __init__(self):
         self.splats: list[Splat] = []
+        self.dropped: dict[str, int] = {}  # kind -> splats seen past MAX_SPLATS_PER_KIND
+        self._kinds: dict[str, int] = {}
         self._open: Splat | None = None
         self._open_at: float | None = None  # the open splat's last timestamp
         self._line_no = 0
@@ -108,7 +112,7 @@ class SplatScanner:
         if current is not None and stamp is not None:
             self._open_at = stamp
         if current is not None:
-            current.lines.append(line)
+            current.lines.append(line[:MAX_LINE])
             if _END_RE.search(line) or len(current.lines) >= MAX_LINES:
                 current.ended = True
                 self._open = None
@@ -120,7 +124,11 @@ class SplatScanner:
         kind = opener(line)
         if kind is None:
             return None
-        splat = Splat(kind, n, [line])
+        splat = Splat(kind, n, [line[:MAX_LINE]])
+        self._kinds[kind] = self._kinds.get(kind, 0) + 1
+        if self._kinds[kind] > MAX_SPLATS_PER_KIND and kind != "panic":
+            self.dropped[kind] = self.dropped.get(kind, 0) + 1
+            return None  # seen, counted, not kept: the first ones already fail the test
         self.splats.append(splat)
         if kind != "unregister_netdevice":  # a one-line message, repeated every 10 s
             self._open, self._open_at = splat, stamp

@@ -202,3 +202,32 @@ def test_a_console_line_without_an_end_is_cut(tmp_path, monkeypatch):
 ])
 def test_the_nest_servers_stdout_lines_that_are_not_replies_are_not_replies(line, reply):
     assert parse_reply(line) == reply
+
+
+def test_a_mark_that_a_flood_buried_is_still_found(tmp_path, monkeypatch):
+    """The mark arrives, then more lines than the tail holds, before the
+    waiter looks: the harness's own marks are kept whatever a flood costs."""
+    monkeypatch.setattr(console, "CONSOLE_KEPT", 64 << 10)
+    log, kernel = console_pair(tmp_path)
+    kernel.sendall(b"x" * 100 + b"\n" * 1)
+    kernel.sendall((b"y" * 100 + b"\n") * 2000 + b"harness-mark-9\n" + (b"z" * 100 + b"\n") * 300)
+    deadline = time.monotonic() + 10
+    while len(log) < 2302 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log.flood is not None
+    assert log.wait_for_line("harness-mark-9", 0, timeout=2) == 2001
+    log.close()
+    kernel.close()
+
+
+def test_a_warning_in_a_hot_path_costs_bounded_memory(tmp_path):
+    from harness.vm.splat import MAX_SPLATS_PER_KIND
+    log, kernel = console_pair(tmp_path)
+    warn = (b"[    1.000000] WARNING: CPU: 0 PID: 1 at net/core/dev.c:1 f+0x1/0x2\n"
+            b"[    1.000001] ---[ end trace 0 ]---\n")
+    kernel.sendall(warn * 5000 + b"harness-mark-3\n")
+    log.wait_for_line("harness-mark-3", 0, timeout=20)
+    assert len(log.splats_between(0)) == MAX_SPLATS_PER_KIND
+    assert log.scanner.dropped == {"warning": 5000 - MAX_SPLATS_PER_KIND}
+    log.close()
+    kernel.close()
