@@ -104,14 +104,16 @@ class HarnessSession:
         pytest.exit(f"harness: {self.ready_error}", returncode=3)
 
     def _check(self):
-        self.accel = prepare(self.kernel, self.config.getoption("accel"))
         self._owner = os.getpid()
         # SIGTERM/SIGHUP unwind as Ctrl-C does: pytest tears the fixtures
         # down (labs, guests) after the stack is unwound and its locks
-        # released, never inside the handler nor in the middle of a teardown
+        # released, never inside the handler nor in the middle of a
+        # teardown; from before prepare(), whose builds (the agent's gcc)
+        # would outlive a process killed by the default action
         install_terminate_handler()
         atexit.register(self.stop_all)
         watch_parent()
+        self.accel = prepare(self.kernel, self.config.getoption("accel"))
 
     @property
     def log_dir(self) -> Path:
