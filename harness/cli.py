@@ -73,7 +73,7 @@ def cmd_verify_fix(args):
     from .catching.runs import verify_fix
     verdict = verify_fix(_source(args), args.fix, expr=args.k, out_dir=_out_dir(args, "verify-fix"),
                          base_patches=args.base_patch, fragments=args.config, deadline_s=args.deadline,
-                         accel=args.accel, jobs=args.jobs)
+                         accel=args.accel, jobs=args.jobs, every_failure=args.every_failure)
     print(verdict.table())
     return 0 if verdict.verified else 1
 
@@ -331,6 +331,8 @@ def main(argv=None):
     vf = sub.add_parser("verify-fix", help="the selection must fail without a fix and pass with it")
     vf.add_argument("--fix", required=True, help="the fix: a patch applied after the base patches")
     vf.add_argument("-k", required=True, help="the test selection (pytest -k)")
+    vf.add_argument("--every-failure", action="store_true",
+                    help="without the fix, run the whole selection (default: stop at its first failure)")
     _add_source_args(vf)
     vf.set_defaults(fn=cmd_verify_fix)
     ab = sub.add_parser("ab", help="compare a base and a patched kernel on a workload")

@@ -247,7 +247,11 @@ def _word(outcome: Outcome) -> str:
 
 
 def verify_fix(source: Source, fix: Path, *, expr: str, out_dir: Path, base_patches=(), fragments=(),
-               deadline_s: float = 900, accel: str = "auto", jobs: int | None = None) -> FixVerdict:
+               deadline_s: float = 900, accel: str = "auto", jobs: int | None = None,
+               every_failure: bool = False) -> FixVerdict:
+    """Without the fix the run stops at its first failure (that failure is
+    the verdict; ``every_failure`` runs the whole selection there too);
+    with the fix it runs whole."""
     fix = Path(fix).resolve()
     base = [Path(p) for p in base_patches]
     with Tree(source, fragments, jobs=jobs) as tree:
@@ -257,5 +261,5 @@ def verify_fix(source: Source, fix: Path, *, expr: str, out_dir: Path, base_patc
     for label, kernel in (("without", without), ("with", with_fix)):
         log.info("verify-fix: running -k %r on the kernel %s the fix", expr, label)
         outcomes.append(run_selection(kernel, expr, deadline_s=deadline_s, log_dir=out_dir / label, accel=accel,
-                                      stop_at_first_failure=False))
+                                      stop_at_first_failure=label == "without" and not every_failure))
     return FixVerdict(fix.name, expr, outcomes[0], outcomes[1], (without, with_fix))
