@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from .util import HarnessError, Terminated, describe_error, terminate_as_interrupt
+from .util import ACCELS, GUEST_MEMORY_MB, GUEST_VCPUS, HarnessError, Terminated, describe_error, terminate_as_interrupt
 
 
 def cmd_kernel_fetch(args):
@@ -102,11 +102,11 @@ def _add_guest_args(p):
     p.add_argument("--build", action="store_true",
                    help="build the --kernel tree first when it changed (in place with its own .config, "
                         "else in the cache with the harness's config)")
-    p.add_argument("--cpus", type=int, default=2, help="vCPUs (default 2)")
-    p.add_argument("--memory", type=int, default=512, help="MiB (default 512)")
+    p.add_argument("--cpus", type=int, default=GUEST_VCPUS, help=f"vCPUs (default {GUEST_VCPUS})")
+    p.add_argument("--memory", type=int, default=GUEST_MEMORY_MB, help=f"MiB (default {GUEST_MEMORY_MB})")
     p.add_argument("--cmdline", default="", help="extra kernel command line")
     p.add_argument("--topology", help="bring up this lab and use its first guest")
-    p.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    p.add_argument("--accel", default="auto", choices=ACCELS)
 
 
 def _add_source_args(p):
@@ -118,7 +118,7 @@ def _add_source_args(p):
     p.add_argument("--config", action="append", default=[], help="a config fragment to merge (repeatable)")
     p.add_argument("-j", "--jobs", type=int, help="parallel build jobs (default: all CPUs)")
     p.add_argument("--deadline", type=float, default=900, help="seconds one run of the selection may take")
-    p.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    p.add_argument("--accel", default="auto", choices=ACCELS)
     p.add_argument("--out", help="where reports and logs go (default logs/<command>-<time>)")
 
 
@@ -347,7 +347,7 @@ def main(argv=None):
     ab.add_argument("--sweep", help="e.g. conns=16,32,64,1024 (http_proxy), threads=1,2 or backend=vhost "
                                     "(nested_rx_pps)")
     ab.add_argument("--topology", help="a topology file instead of the workload's own")
-    ab.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    ab.add_argument("--accel", default="auto", choices=ACCELS)
     ab.add_argument("--pin", help="host CPUs for the vCPUs, e.g. 0,1")
     ab.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     ab.add_argument("--min-effect", type=float, default=2.0,
@@ -365,7 +365,7 @@ def main(argv=None):
     up.add_argument("topology", help="a topologies/*.yaml file")
     up.add_argument("--check", action="store_true", help="only validate the file (no root, no boot)")
     up.add_argument("--kernel")
-    up.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    up.add_argument("--accel", default="auto", choices=ACCELS)
     up.add_argument("--timeout", type=float, default=120.0, help="per command, seconds")
     up.set_defaults(fn=cmd_up)
     ks = sub.add_parser("ksft", help="run kernel selftests in guests (pytest --ksft without a test file)")
@@ -375,7 +375,7 @@ def main(argv=None):
     ks.add_argument("--source", help="a kernel tree or debian:SERIES (default: the --kernel tree, else debian:6.12)")
     ks.add_argument("--jobs", type=int, help="guests at once (default: from host CPUs and memory)")
     ks.add_argument("--retries", type=int, default=1, help="reruns of a failed test in a fresh guest (default 1)")
-    ks.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+    ks.add_argument("--accel", choices=ACCELS)
     ks.epilog = "After --, more pytest options: harness ksft net -k tun -- --junitxml ksft.xml"
     ks.set_defaults(fn=cmd_ksft)
     down = sub.add_parser("down", help="remove guests left by killed runs (--keep-guests, SIGKILL)")

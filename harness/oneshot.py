@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .env import prepare
 from .lab.lab import Lab
-from .util import REPO, HarnessError, temp_dir
+from .util import GUEST_MEMORY_MB, GUEST_VCPUS, REPO, HarnessError, temp_dir
 from .vm.guest import Guest
 from .vm.kernel import Kernel
 
@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class GuestSpec:
     kernel: Kernel
-    vcpus: int = 2
-    memory_mb: int = 512
+    vcpus: int = GUEST_VCPUS
+    memory_mb: int = GUEST_MEMORY_MB
     cmdline: str = ""
     accel: str = "auto"
     topology: str | None = None     # a lab instead of a bare guest: the command runs in its first guest

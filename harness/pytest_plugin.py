@@ -26,9 +26,10 @@ from .vm.kernel import Kernel
 from .lab.lab import Lab
 from .vm.needs import Version, unmet
 from .ksft import items as ksft_items
-from .util import HarnessError, Unavailable, install_terminate_handler, teardown_section
+from .util import (ACCELS, GUEST_MEMORY_MB, GUEST_VCPUS, HarnessError, Unavailable, install_terminate_handler,
+                   teardown_section)
 
-GUEST_DEFAULTS = {"vcpus": 2, "memory_mb": 512, "cmdline": ""}
+GUEST_DEFAULTS = {"vcpus": GUEST_VCPUS, "memory_mb": GUEST_MEMORY_MB, "cmdline": ""}
 KEEP_RUNS = 10
 
 
@@ -39,7 +40,7 @@ def pytest_addoption(parser):
     group.addoption("--modules", help="modules of --kernel (INSTALL_MOD_PATH or lib/modules/<release>)")
     group.addoption("--kconfig", help=".config of --kernel (default: looked up beside it)")
     group.addoption("--accel", default=os.environ.get("HARNESS_ACCEL", "auto"),
-                    choices=("auto", "kvm", "tcg"),
+                    choices=ACCELS,
                     help="auto: KVM when a probe guest boots under it, else TCG")
     group.addoption("--keep-guests", action="store_true",
                     help="leave guests running after the session (remove with `harness down`)")
@@ -49,7 +50,7 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "guest(vcpus=2, memory_mb=512, cmdline=''): "
+    config.addinivalue_line("markers", f"guest(vcpus={GUEST_VCPUS}, memory_mb={GUEST_MEMORY_MB}, cmdline=''): "
                                        "the guest this test (or module) runs on")
     config.addinivalue_line("markers", "allow_splat(*kinds): splats of these kinds do not fail the test")
     config.addinivalue_line("markers", "needs(*options_or_drivers, version=(major, minor)): what the test needs "

@@ -248,6 +248,11 @@ def cache_dir() -> Path:
 REPO = Path(__file__).resolve().parent.parent
 RUN_ROOT = Path(os.environ.get("HARNESS_RUN_DIR", "/run/netdev-harness"))
 
+ACCELS = ("auto", "kvm", "tcg")  # every --accel takes these
+# a guest's size where no test mark, topology or flag says otherwise
+GUEST_VCPUS = 2
+GUEST_MEMORY_MB = 512
+
 
 def private_dir(path: Path) -> Path:
     """``path`` as a directory only its owner can enter: made if missing,

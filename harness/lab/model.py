@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import yamlread
 from ..vm.needs import QDISC_OPTIONS
-from ..util import HarnessError
+from ..util import GUEST_MEMORY_MB, GUEST_VCPUS, HarnessError
 
 # matched whole (fullmatch: "$" would let a trailing newline through)
 IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")   # what the kernel accepts, minus '/' ':' space
@@ -92,8 +92,8 @@ class Namespace:
 @dataclasses.dataclass(frozen=True)
 class Guest:
     name: str
-    vcpus: int = 2
-    memory_mb: int = 512
+    vcpus: int = GUEST_VCPUS
+    memory_mb: int = GUEST_MEMORY_MB
     cmdline: str = ""
     kernel: str = "default"
     sysctls: dict[str, str] = dataclasses.field(default_factory=dict)

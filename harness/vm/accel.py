@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pexpect
 
-from ..util import HarnessError, cache_dir, write_atomic
+from ..util import ACCELS, HarnessError, cache_dir, write_atomic
 
 QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
 PROBE_TIMEOUT_S = 60
@@ -74,7 +74,7 @@ TRANSIENT_VERDICT_S = 3600  # a failed probe is asked again after this (a busy h
 
 def resolve(accel: str, image: Path, initrd: Path) -> str:
     """'kvm' or 'tcg' for the requested ``auto|kvm|tcg``."""
-    if accel not in ("auto", "kvm", "tcg"):
+    if accel not in ACCELS:
         raise AccelError(f"--accel {accel}: expected auto, kvm or tcg")
     if accel == "tcg":
         return "tcg"

@@ -26,7 +26,7 @@ from .console import AgentChannel, ConsoleLog, GuestError, Job, connect_unix
 from .images import build_initramfs, domain_xml
 from .kernel import Kernel
 from .splat import Splat
-from ..util import REPO, RUN_ROOT, HarnessError, pid_alive, run_dir, teardown_section
+from ..util import GUEST_MEMORY_MB, GUEST_VCPUS, REPO, RUN_ROOT, HarnessError, pid_alive, run_dir, teardown_section
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def kernel_cmdline(*, name: str, accel: str, timing: Sequence[str] = (), modules
 class Guest(Endpoint):
     """A running guest.  Use as a context manager or call start()/stop()."""
 
-    def __init__(self, name: str, kernel: Kernel, *, vcpus: int = 2, memory_mb: int = 512,
+    def __init__(self, name: str, kernel: Kernel, *, vcpus: int = GUEST_VCPUS, memory_mb: int = GUEST_MEMORY_MB,
                  cmdline: str = "", accel: str = "tcg", log_dir: Path | None = None,
                  interfaces: Sequence[str] = (), qemu_args: Sequence[str] = (), boot_timeout: float = 120.0,
                  hypervisor=None, speed_scale: float = 1.0):
