@@ -138,6 +138,7 @@ def cmd(argv, check: bool = True, timeout: float = 120, **kw) -> Result:
 # interrupted by a signal, so the process ends them when it exits.
 _live: dict[int, subprocess.Popen] = {}
 _live_lock = threading.Lock()
+_live_owner = os.getpid()  # a forked copy runs the atexit hook too: the groups are not its
 
 
 @contextlib.contextmanager
@@ -171,6 +172,8 @@ def _forget(proc: subprocess.Popen):
 
 @atexit.register
 def _end_live_groups():
+    if os.getpid() != _live_owner:
+        return
     with _live_lock:
         procs = list(_live.values())
     for proc in procs:
