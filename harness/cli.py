@@ -170,20 +170,13 @@ def cmd_ab(args):
 
 
 def cmd_kernel_check(args):
-    import os
+    from .invocation import pytest_args
     from .kcheck import ROOT, check, collect
     from .vm.kernel import Kernel
     kernel = (Kernel.from_path(args.kernel, args.modules, args.kconfig) if args.kernel else Kernel.default())
-    pytest_args = [str(ROOT / "tests")]
-    if args.k:
-        pytest_args += ["-k", args.k]
-    if args.kernel:
-        pytest_args += ["--kernel", os.path.abspath(args.kernel)]
-        if args.modules:
-            pytest_args += ["--modules", os.path.abspath(args.modules)]
-        if args.kconfig:
-            pytest_args += ["--kconfig", os.path.abspath(args.kconfig)]
-    report = check(kernel, collect(pytest_args))
+    selection = pytest_args(ROOT / "tests", k=args.k, kernel=args.kernel,
+                            modules=args.kernel and args.modules, kconfig=args.kernel and args.kconfig)
+    report = check(kernel, collect(selection))
     print(report.table(), end="")
     blocked = report.blocked()
     if blocked:
@@ -200,18 +193,15 @@ def cmd_kernel_show(args):
 
 def cmd_ksft(args):
     """`pytest --ksft TARGETS ...` from the repository, without a test file."""
-    import os
     import pytest
+    from .invocation import pytest_args
     from .kcheck import ROOT
-    argv = ["--rootdir", str(ROOT), "-p", "no:cacheprovider", "--ksft", args.targets, "-rfEs",
-            "--ksft-retries", str(args.retries)]
-    for option, value in (("--ksft-source", args.source), ("--ksft-jobs", args.jobs), ("-k", args.k),
-                          ("--accel", args.accel)):
+    argv = ["--ksft", args.targets, "-rfEs", "--ksft-retries", str(args.retries)]
+    for option, value in (("--ksft-source", args.source), ("--ksft-jobs", args.jobs)):
         if value is not None:
             argv += [option, str(value)]
-    if args.kernel:
-        argv += ["--kernel", os.path.abspath(args.kernel)]
-    return int(pytest.main(argv + args.pytest_args))
+    return int(pytest.main(pytest_args(*argv, *args.pytest_args, rootdir=ROOT, k=args.k, accel=args.accel,
+                                       kernel=args.kernel)))
 
 
 def cmd_down(args):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .vm.needs import Feature, Option, Version, expand, fragment, unmet
 from .util import REPO, HarnessError
+from .invocation import pytest_args
 from .vm.kernel import Kernel
 
 ROOT = REPO
@@ -109,7 +110,7 @@ def collect(args: list[str]) -> list[tuple[str, list]]:
     collector = Collector()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT), *args],
+        code = pytest.main(pytest_args("--collect-only", *args, rootdir=ROOT, quiet=True),
                            plugins=[collector])
     if code not in (0, 5):
         raise HarnessError(f"collecting the tests failed (pytest exit {code}):\n{out.getvalue()[-3000:]}")

@@ -11,12 +11,12 @@ import dataclasses
 import logging
 import os
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from ..endpoint import process_group, stop_group
+from ..invocation import pytest_argv
 from ..util import REPO
 
 # a stopped run gets SIGTERM first (the plugin tears its guests down), SIGKILL
@@ -104,9 +104,8 @@ def run_selection(kernel, expr: str, *, deadline_s: float, log_dir: Path, accel:
     log_dir.mkdir(parents=True, exist_ok=True)
     junit = log_dir / "junit.xml"
     junit.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "pytest", *paths, "-k", expr, "--kernel", str(kernel), "--accel", accel,
-            "-p", "no:cacheprovider", "-q", "-rfE", f"--junitxml={junit}", "--harness-logs", str(log_dir / "logs"),
-            *(["-x"] if stop_at_first_failure else []), *extra_args]
+    argv = pytest_argv(*paths, "-rfE", *(["-x"] if stop_at_first_failure else []), *extra_args, k=expr,
+                       kernel=kernel, accel=accel, junit=junit, logs=log_dir / "logs", quiet=True)
     t0 = time.monotonic()
     with open(log_dir / "pytest.out", "w") as out:
         # its own session (a stuck run is killed whole), watching this

@@ -4,12 +4,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 from pyroute2 import IPRoute
+
+from harness.invocation import inherited, pytest_argv
 
 from harness.vm.guest import libvirt_conn, reap_stale_guests
 from harness.lab.hostnet import reap_stale_labs
@@ -155,11 +156,8 @@ HOLD = textwrap.dedent('''
 
 def test_two_labs_side_by_side_and_a_killed_ones_leftovers_are_reaped(lab, pytestconfig, tmp_path):
     (tmp_path / "test_hold.py").write_text(HOLD.replace("{path}", f"{ROOT}/topologies/single-mq.yaml"))
-    argv = [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
-            "--harness-logs", str(tmp_path / "logs"), "--accel", pytestconfig.getoption("accel"),
-            str(tmp_path / "test_hold.py")]
-    if pytestconfig.getoption("kernel"):
-        argv += ["--kernel", pytestconfig.getoption("kernel")]
+    argv = pytest_argv("-s", tmp_path / "test_hold.py", rootdir=tmp_path, logs=tmp_path / "logs",
+                       **inherited(pytestconfig))
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     try:
         mine = lab("single-mq")          # the same topology, in this process

@@ -5,9 +5,10 @@ they check is how the plugin reports a session.
 """
 import signal
 import subprocess
-import sys
 import textwrap
 import xml.etree.ElementTree as ET
+
+from harness.invocation import inherited, pytest_argv
 
 from harness.vm.guest import libvirt_conn, reap_stale_guests
 
@@ -32,13 +33,8 @@ INNER = textwrap.dedent('''
 ''')
 
 
-def _pytest(pytestconfig, tmp_path, *args, **kw):
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
-            "--harness-logs", str(tmp_path / "logs"), "--accel", pytestconfig.getoption("accel")]
-    for opt in ("kernel", "modules", "kconfig"):
-        if pytestconfig.getoption(opt):
-            argv += [f"--{opt}", pytestconfig.getoption(opt)]
-    return argv + list(args)
+def _pytest(pytestconfig, tmp_path, *args):
+    return pytest_argv(*args, rootdir=tmp_path, logs=tmp_path / "logs", **inherited(pytestconfig))
 
 
 def _junit(path):
@@ -79,9 +75,7 @@ def test_splat_fails_the_test_that_caused_it_and_panic_fails_fast(harness, pytes
 
 def test_missing_kernel_is_one_clear_error(tmp_path):
     (tmp_path / "test_one.py").write_text("def test_x(guest):\n    pass\n")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                          "--rootdir", str(tmp_path), "--kernel", "/nonexistent/bzImage",
-                          str(tmp_path / "test_one.py")],
+    run = subprocess.run(pytest_argv(tmp_path / "test_one.py", rootdir=tmp_path, kernel="/nonexistent/bzImage"),
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     out = run.stdout + run.stderr
     assert run.returncode == 4, out  # pytest's usage error

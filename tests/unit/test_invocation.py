@@ -1,0 +1,17 @@
+import os
+import sys
+
+from harness.invocation import pytest_args, pytest_argv
+
+
+def test_a_child_run_gets_absolute_paths_and_no_cache_and_its_args_last():
+    argv = pytest_argv("tests/x.py", "-x", kernel="build/bzImage", accel="tcg", k="a or b",
+                       logs="logs", junit="j.xml", quiet=True)
+    assert argv[:3] == [sys.executable, "-m", "pytest"]
+    assert argv[3:] == ["-p", "no:cacheprovider", "-q", "--kernel", os.path.abspath("build/bzImage"),
+                        "--harness-logs", os.path.abspath("logs"), f"--junitxml={os.path.abspath('j.xml')}",
+                        "--accel", "tcg", "-k", "a or b", "tests/x.py", "-x"]
+
+
+def test_options_left_out_are_not_passed():
+    assert pytest_args("t.py", kernel=None, modules="", k=None) == ["-p", "no:cacheprovider", "t.py"]
