@@ -24,8 +24,10 @@ import re
 import shlex
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from ..failures import classify_failure
 from ..util import cache_dir, write_atomic
 from ..vm.console import GuestError
 from ..vm.guest import Guest
@@ -71,6 +73,16 @@ class KsftResult:
                 "seconds": round(sum(a.seconds for a in self.attempts), 1),
                 "attempts": [{k: v for k, v in dataclasses.asdict(a).items() if k != "output"}
                              for a in self.attempts]}
+
+    @classmethod
+    def from_json(cls, data: dict, output_of: Callable[[int], str] = lambda n: "") -> KsftResult:
+        """The inverse of ``to_json`` (a ksft.json entry); ``output_of(n)``
+        gives attempt n's output, which ksft.json keeps in a log file."""
+        suite, _, name = data["test"].partition(":")
+        names = {f.name for f in dataclasses.fields(Attempt)}
+        return cls(Selftest(suite, name),
+                   [Attempt(**{k: v for k, v in a.items() if k in names and k != "output"}, output=output_of(n))
+                    for n, a in enumerate(data["attempts"], 1)])
 
 
 def default_jobs(vcpus: int, memory_mb: int, host_cpus: int, host_available_mb: int) -> int:
@@ -299,21 +311,8 @@ def _save_times(new: dict[str, float]):
     write_atomic(_times_path(), json.dumps(times, indent=0, sort_keys=True) + "\n")
 
 
-_MISSING_TOOL = re.compile(r"command not found|: not found$|could not run test without|not installed|"
-                           r"cannot find (?:the )?\S+ (?:tool|binary|command)|requires? (?:the )?\S+ (?:tool|binary)",
-                           re.IGNORECASE | re.MULTILINE)
-
-
 def classify(result: KsftResult) -> str:
-    """Whose a failure is: "kernel" (a splat, or the test ran and the
-    kernel did not do what it checks), "missing tool" (a program or a
-    build dependency the host lacks) or "harness" (no verdict from the
-    test itself: the guest would not boot, the runner printed no result)."""
+    """Whose the last attempt's failure is (``harness.failures``)."""
     last = result.attempts[-1]
-    if last.splats:
-        return "kernel"
-    if last.outcome == "not built" or _MISSING_TOOL.search(last.output or ""):
-        return "missing tool"
-    if last.reason.startswith(("harness:", "no kselftest result line")):
-        return "harness"
-    return "kernel"
+    return classify_failure(last.output or "", reason=last.reason, splats=last.splats,
+                            not_built=last.outcome == "not built")

@@ -92,3 +92,12 @@ def test_harness_ksft_passes_what_follows_double_dash_to_pytest(monkeypatch):
     assert cli.main(argv) == 0
     assert (seen["targets"], seen["k"], seen["jobs"]) == ("net", "net:tun or net:tap", 1)
     assert seen["pytest_args"] == ["-q", "--harness-logs", "/x"]
+
+
+def test_a_result_survives_its_json_round_trip():
+    t = Selftest("net", "x.sh")
+    result = KsftResult(t, [Attempt("fail", 1.5, "exit=1", "g1", [{"name": "a", "outcome": "fail", "reason": ""}],
+                                    [{"kind": "warning", "title": "WARNING: x", "text": "t"}], "out1"),
+                            Attempt("pass", 2.0, "", "g2")])
+    back = KsftResult.from_json(result.to_json(), {1: "out1", 2: ""}.get)
+    assert back == result and back.outcome == "flaky"
