@@ -9,7 +9,7 @@ from .util import ACCELS, GUEST_MEMORY_MB, GUEST_VCPUS, HarnessError, Terminated
 
 
 def cmd_kernel_fetch(args):
-    from .vm.kernel import fetch_default
+    from .kernel.kernel import fetch_default
     kernel = fetch_default()
     print(f"default kernel: {kernel}")
 
@@ -20,7 +20,7 @@ def cmd_build_shell(args):
 
 
 def cmd_build_kernel(args):
-    from .vm import kbuild
+    from .kernel import build as kbuild
     source = kbuild.tree_source(args.tree) if args.tree else kbuild.debian_source(args.debian_source)
     soft = [kbuild.collection_config(source, c) for c in args.ksft_config]
     out = kbuild.build(source, patches=args.patch, fragments=args.config, soft_fragments=soft, jobs=args.jobs,
@@ -29,7 +29,7 @@ def cmd_build_kernel(args):
 
 
 def _source(args):
-    from .vm import kbuild
+    from .kernel import build as kbuild
     if not (args.tree or args.debian_source):
         raise HarnessError("give the kernel source: --debian-source SERIES or --tree DIR")
     return kbuild.tree_source(args.tree) if args.tree else kbuild.debian_source(args.debian_source)
@@ -122,9 +122,12 @@ def _add_source_args(p):
     p.add_argument("--out", help="where reports and logs go (default logs/<command>-<time>)")
 
 
-def _kernel(spec: str):
-    from .vm.kernel import Kernel
-    return Kernel.default() if spec in ("default", "") else Kernel.from_path(spec)
+def _kernel(spec: str, option: str):
+    from .kernel.kernel import Kernel, KernelPathError
+    try:
+        return Kernel.default() if spec in ("default", "") else Kernel.from_path(spec)
+    except KernelPathError as e:
+        raise HarnessError(f"{option} {e}") from None
 
 
 def parse_sweep(text: str | None, workload) -> list | None:
@@ -157,7 +160,7 @@ def cmd_ab(args):
         raise HarnessError(f"--workload {args.workload!r}: expected one of {', '.join(WORKLOADS)}")
     sweep = parse_sweep(args.sweep, workload)
     pin = [int(c) for c in args.pin.split(",")] if args.pin else None
-    base, patched = _kernel(args.base), _kernel(args.patched)
+    base, patched = _kernel(args.base, "--base"), _kernel(args.patched, "--patched")
     accel = prepare(base, args.accel)
     out = Path(args.out or f"logs/ab-{time.strftime('%Y%m%d-%H%M%S')}-{workload.name}")
     report = run_ab(workload, Side("base", base), Side("patched", patched), boots=args.boots, runs=args.runs,
@@ -172,7 +175,7 @@ def cmd_ab(args):
 def cmd_kernel_check(args):
     from .invocation import pytest_args
     from .kcheck import ROOT, check, collect
-    from .vm.kernel import Kernel
+    from .kernel.kernel import Kernel
     kernel = (Kernel.from_path(args.kernel, args.modules, args.kconfig) if args.kernel else Kernel.default())
     selection = pytest_args(ROOT / "tests", k=args.k, kernel=args.kernel,
                             modules=args.kernel and args.modules, kconfig=args.kernel and args.kconfig)
@@ -185,7 +188,7 @@ def cmd_kernel_check(args):
 
 
 def cmd_kernel_show(args):
-    from .vm.kernel import Kernel
+    from .kernel.kernel import Kernel
     kernel = Kernel.from_path(args.kernel) if args.kernel else Kernel.default()
     print(f"release: {kernel.release}\nimage: {kernel.image}\n"
           f"config: {kernel.config_path}\nmodules: {kernel.modules_dir}")
@@ -237,7 +240,7 @@ def cmd_up(args):
     import readline  # noqa: F401  (line editing for input())
     from .env import prepare
     from .lab.lab import Lab
-    from .vm.kernel import Kernel
+    from .kernel.kernel import Kernel
     kernel = Kernel.from_path(args.kernel) if args.kernel else Kernel.default()
     accel = prepare(kernel, args.accel)
     lab = Lab(topology, kernel=kernel, accel=accel)
@@ -398,7 +401,11 @@ def main(argv=None):
     except Exception as e:
         if args.debug:
             raise
-        print(f"harness: {describe_error(e)}", file=sys.stderr)
+        from .invocation import named_by_option
+        from .kernel.kernel import KernelPathError
+        # every subcommand's kernel paths come from --kernel/--modules/--kconfig
+        what = named_by_option(e) if isinstance(e, KernelPathError) else describe_error(e)
+        print(f"harness: {what}", file=sys.stderr)
         return 1
 
 

@@ -7,6 +7,9 @@ import os
 import sys
 from typing import Any
 
+# the command-line option each path of a kernel comes from (KernelPathError.field)
+KERNEL_PATH_OPTIONS = {"image": "--kernel", "modules": "--modules", "kconfig": "--kconfig"}
+
 # the options a child run inherits so that it tests the same kernel the same way
 KERNEL_OPTIONS = ("kernel", "modules", "kconfig", "accel")
 
@@ -45,3 +48,9 @@ def inherited(config: Any) -> dict[str, Any]:
     """The kernel options of a running session (a ``pytest.Config``), to pass
     on to a child run: ``pytest_argv(path, **inherited(pytestconfig))``."""
     return {name: config.getoption(name) for name in KERNEL_OPTIONS if config.getoption(name)}
+
+
+def named_by_option(error: Any) -> str:
+    """A kernel path error (``KernelPathError``) named by the option it came
+    from: ``--kernel /x/bzImage: no such file``."""
+    return f"{KERNEL_PATH_OPTIONS[error.field]} {error}"

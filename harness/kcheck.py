@@ -12,10 +12,10 @@ import dataclasses
 import io
 from pathlib import Path
 
-from .vm.needs import Feature, Option, Version, expand, fragment, unmet
+from .kernel.needs import Feature, Option, Version, expand, fragment, unmet
 from .util import REPO, HarnessError
 from .invocation import pytest_args
-from .vm.kernel import Kernel
+from .kernel.kernel import Kernel
 
 ROOT = REPO
 

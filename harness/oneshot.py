@@ -28,7 +28,7 @@ from .env import prepare
 from .lab.lab import Lab
 from .util import GUEST_MEMORY_MB, GUEST_VCPUS, REPO, HarnessError, temp_dir
 from .vm.guest import Guest
-from .vm.kernel import Kernel
+from .kernel.kernel import Kernel
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,6 @@ def resolve_kernel(path: str | None, build: bool) -> Kernel:
             raise HarnessError("--build needs --kernel DIR, a kernel tree")
         return Kernel.default()
     if build:
-        from .vm.kbuild import build_tree
+        from .kernel.build import build_tree
         return Kernel.from_path(build_tree(Path(path)))
     return Kernel.from_path(path)

@@ -22,9 +22,10 @@ import pytest
 from .env import prepare
 from .vm.guest import Guest
 from .vm.splat import Splat
-from .vm.kernel import Kernel
+from .invocation import named_by_option
+from .kernel.kernel import Kernel, KernelPathError
 from .lab.lab import Lab
-from .vm.needs import Version, unmet
+from .kernel.needs import Version, unmet
 from .ksft import items as ksft_items
 from .util import (ACCELS, GUEST_MEMORY_MB, GUEST_VCPUS, HarnessError, Unavailable, install_terminate_handler,
                    teardown_section)
@@ -61,6 +62,8 @@ def pytest_configure(config):
         try:
             kernel = Kernel.from_path(config.getoption("kernel"), config.getoption("modules"),
                                       config.getoption("kconfig"))
+        except KernelPathError as e:
+            raise pytest.UsageError(named_by_option(e)) from None
         except HarnessError as e:
             raise pytest.UsageError(str(e)) from None
     config.addinivalue_line("markers", "ksft: a kernel selftest (collection:test) collected by --ksft")

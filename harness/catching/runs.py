@@ -2,7 +2,7 @@
 real bug breaks it?
 
 ``run_mutants``: every mutant of a patch (harness.mutants) is built on one
-prepared tree (harness.vm.kbuild.Tree: a mutant recompiles one file and
+prepared tree (harness.kernel.build.Tree: a mutant recompiles one file and
 relinks) and the selection runs on it (harness.selection); each mutant is
 killed (by which test, how long), survives, times out or does not build.
 Mutants listed as equivalent beside the patch (``<patch>.equivalent``) are
@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-from ..vm.kbuild import BuildError, Source, Tree
+from ..kernel.build import BuildError, Source, Tree
 from .mutants import Mutant, Patch, mutants, parse_equivalent
 from .selection import Outcome, run_selection
 from ..util import HarnessError

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..endpoint import cmd
 from ..util import HarnessError, cache_dir
-from ..vm.kbuild import Source, _env, debian_source, tree_source
+from ..kernel.build import Source, build_env, debian_source, tree_source
 
 BUILDER_VERSION = "1"  # bump when the recipe below changes what it installs
 # make's "make[2]: [Makefile:12: /abs/out/net/foo] Error 1 (ignored)" under -i
@@ -108,10 +108,10 @@ def _build(source: Source, targets: list[str], root: Path, jobs: int):
         with open(log_path, "wb") as log_file:
             log.info("ksft: make headers, then selftests %s (log: %s)", ",".join(targets), log_path)
             cmd(["make", "-C", work, f"-j{jobs}", "headers"], stdout=log_file, stderr=log_file,
-                capture_output=False, timeout=1800, env=_env())
+                capture_output=False, timeout=1800, env=build_env())
             cmd(["make", "-i", "-C", work / "tools" / "testing" / "selftests", f"-j{jobs}",
                  f"TARGETS={' '.join(targets)}", f"KSFT_INSTALL_PATH={out}", "install"],
-                stdout=log_file, stderr=log_file, capture_output=False, check=False, timeout=3600, env=_env())
+                stdout=log_file, stderr=log_file, capture_output=False, check=False, timeout=3600, env=build_env())
         if not (out / "kselftest-list.txt").exists():
             raise HarnessError(f"ksft: the selftests of {','.join(targets)} did not install from "
                                f"{source.identity}; see {log_path}")

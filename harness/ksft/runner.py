@@ -31,7 +31,7 @@ from ..failures import classify_failure
 from ..util import cache_dir, write_atomic
 from ..vm.console import GuestError
 from ..vm.guest import Guest
-from ..vm.kernel import Kernel
+from ..kernel.kernel import Kernel
 from . import ktap
 from .build import Installed
 from .collection import Selftest, longest_first, read_settings, test_timeout

@@ -21,11 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import model, render
-from ..vm.needs import MissingKernelFeature, unmet
+from ..kernel.needs import MissingKernelFeature, unmet
 from ..endpoint import Endpoint
 from ..vm.guest import Guest
 from .hosts import LocalHost, Plumbing
-from ..vm.kernel import Kernel
+from ..kernel.kernel import Kernel
 from ..util import HarnessError, teardown_section
 
 
@@ -245,7 +245,7 @@ class Lab:
         if spec.kernel == "debian":  # Debian's, whatever the lab's default is (an A/B of host kernels)
             return Kernel.default()
         if spec.kernel == "minimal":  # the smallest guest kernel (nested guests: every boot instruction counts)
-            from ..vm.kbuild import minimal_kernel
+            from ..kernel.build import minimal_kernel
             built = minimal_kernel()
             if built is None:
                 raise MissingKernelFeature(

@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 
 from . import yamlread
-from ..vm.needs import QDISC_OPTIONS
+from ..kernel.needs import QDISC_OPTIONS
 from ..util import GUEST_MEMORY_MB, GUEST_VCPUS, HarnessError
 
 # matched whole (fullmatch: "$" would let a trailing newline through)

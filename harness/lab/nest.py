@@ -30,7 +30,7 @@ from ..util import RUN_ROOT, HarnessError, Unavailable
 from ..vm.console import Job
 from ..vm.guest import Guest
 from ..vm.images import build_initramfs
-from ..vm.kernel import Kernel
+from ..kernel.kernel import Kernel
 from .hosts import Plumbing
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from .abstats import PointStats, compare
-from ..vm.kernel import Kernel
+from ..kernel.kernel import Kernel
 from ..lab.lab import Lab
 from ..util import REPO, HarnessError
 

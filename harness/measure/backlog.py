@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-from ..vm.needs import Feature, Version
+from ..kernel.needs import Feature, Version
 from .observe import KThread, snapshot, softnet
 
 SYSCTL = "/proc/sys/net/core/backlog_threaded"

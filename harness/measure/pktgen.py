@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from ..vm.needs import MissingKernelFeature, unmet
+from ..kernel.needs import MissingKernelFeature, unmet
 from .observe import split_dump
 from ..util import HarnessError
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..endpoint import Endpoint
 from .console import AgentChannel, ConsoleLog, GuestError, Job, connect_unix
 from .images import build_initramfs, domain_xml
-from .kernel import Kernel
+from ..kernel.kernel import Kernel
 from .splat import Splat
 from ..util import GUEST_MEMORY_MB, GUEST_VCPUS, REPO, RUN_ROOT, HarnessError, pid_alive, run_dir, teardown_section
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
-from .kernel import Kernel
+from ..kernel.kernel import Kernel
 from ..endpoint import cmd
 from ..util import REPO, HarnessError, cache_dir, temp_beside
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness import faults
-from harness.vm.kbuild import minimal_kernel
+from harness.kernel.build import minimal_kernel
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (guests, links)")]
 

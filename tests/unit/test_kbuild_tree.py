@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.vm import kbuild
+from harness.kernel import build as kbuild
 
 MAKEFILE = r'''
 SRCS := $(wildcard net/*.c)

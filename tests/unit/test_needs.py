@@ -3,8 +3,8 @@
 import pytest
 
 from harness.kcheck import check
-from harness.vm.kernel import Kernel
-from harness.vm.needs import Feature, Version, expand, fragment, option, unmet
+from harness.kernel.kernel import Kernel
+from harness.kernel.needs import Feature, Version, expand, fragment, option, unmet
 from harness.measure.pktgen import Pktgen
 from harness.measure.rps import SteeredVeth
 

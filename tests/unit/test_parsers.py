@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from harness.vm.images import module_load_order
-from harness.vm.kernel import Kernel, image_release, parse_kconfig, KernelError
+from harness.kernel.kernel import Kernel, image_release, parse_kconfig, KernelError
 from harness.vm.splat import find_splats, opener
 
 DATA = Path(__file__).parent / "data"

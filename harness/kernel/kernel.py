@@ -1,36 +1,39 @@
-"""Find, fetch and describe a guest kernel: image, modules, config, version.
+"""A guest kernel: its image, modules, .config and release, found from a path
+a user gives (a bzImage, a build output, a kernel tree) or the default
+Debian image (``debian``), and described: options, modules, time scale,
+what QEMU boots.
 
 A kernel is a bzImage plus, where it has loadable modules, the
-``lib/modules/<release>`` tree built with it, plus its ``.config``.  The
-default one is Debian's generic 6.12 image package, fetched once with
-``apt-get download`` into the per-user cache.
+``lib/modules/<release>`` tree built with it, plus its ``.config``.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import hashlib
-import logging
 import os
 import re
 import shutil
-import struct
-import subprocess
-import tempfile
 from pathlib import Path
 
 from ..endpoint import cmd
-from ..util import HarnessError, cache_dir, temp_beside, write_atomic
+from ..util import cache_dir, temp_beside, write_atomic
+from .debian import DEFAULT_SERIES, default_kernel_dir, fetch, unpacked_release
+from .image import (KernelError, embedded_config, extract_vmlinux, file_digest, has_pvh_entry,
+                    has_pvh_entry_bytes, image_release)
 
-DEFAULT_SERIES = "6.12"
-_IMAGE_PACKAGE = re.compile(r"^linux-image-(\d+\.\d+\.\d+)\+(\w+)-amd64-unsigned$")
+__all__ = ["DEFAULT_SERIES", "Kernel", "KernelError", "KernelPathError", "fetch_default", "image_release",
+           "parse_kconfig", "tree_modules"]
 
 
-log = logging.getLogger(__name__)
+class KernelPathError(KernelError):
+    """A path given for a kernel's ``image``, ``modules`` or ``kconfig`` is not
+    what was expected; ``field`` says which, so that the caller can name the
+    option or the topology key it came from."""
 
-
-class KernelError(HarnessError):
-    pass
+    def __init__(self, field: str, path, why: str):
+        super().__init__(f"{path}: {why}")
+        self.field, self.path = field, path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,12 +61,12 @@ class Kernel:
                     path = path / inside
                     break
             else:
-                raise KernelError(f"--kernel {image}: a directory with no bzImage and no arch/x86/boot/bzImage "
-                                  "(expected a bzImage, a build-kernel output, or a kernel tree built with "
-                                  "`make bzImage`)")
+                raise KernelPathError("image", image, "a directory with no bzImage and no arch/x86/boot/bzImage "
+                                      "(expected a bzImage, a build-kernel output, or a kernel tree built with "
+                                      "`make bzImage`)")
         if not path.is_file():
-            raise KernelError(f"--kernel {image}: no such file (expected a bzImage, a build-kernel output, "
-                              "or a kernel tree)")
+            raise KernelPathError("image", image, "no such file (expected a bzImage, a build-kernel output, "
+                                  "or a kernel tree)")
         release = image_release(path)
         near = [path.parent]
         tree = None
@@ -78,7 +81,7 @@ class Kernel:
                 kconfig = next((d / f"config-{release}" for d in near
                                 if (d / f"config-{release}").is_file()), None)
         elif not Path(kconfig).is_file():
-            raise KernelError(f"--kconfig {kconfig}: no such file")
+            raise KernelPathError("kconfig", kconfig, "no such file")
         found_modules: Path | None = None
         if modules is None:
             for d in near:
@@ -98,8 +101,8 @@ class Kernel:
             elif (found_modules / release).is_dir():
                 found_modules = found_modules / release
             if not (found_modules / "modules.dep").is_file():
-                raise KernelError(f"--modules {found_modules}: no modules.dep for release {release} "
-                                  "(run `make modules_install INSTALL_MOD_PATH=DIR`, then give DIR)")
+                raise KernelPathError("modules", found_modules, f"no modules.dep for release {release} "
+                                      "(run `make modules_install INSTALL_MOD_PATH=DIR`, then give DIR)")
         return cls(path.resolve(), Path(kconfig).resolve() if kconfig else None,
                    found_modules.resolve() if found_modules else None, release)
 
@@ -109,15 +112,12 @@ class Kernel:
         if root is None:
             raise KernelError("the default kernel is not fetched: run `harness kernel fetch` "
                               "(tools/setup does it) or give --kernel")
-        return cls._from_unpacked_deb(root)
+        return cls.from_unpacked_deb(root)
 
     @classmethod
-    def _from_unpacked_deb(cls, root: Path) -> "Kernel":
-        images = sorted(root.glob("boot/vmlinuz-*"))
-        if not images:
-            raise KernelError(f"{root}: unpacked kernel package has no boot/vmlinuz-*")
-        release = images[-1].name[len("vmlinuz-"):]
-        return cls(images[-1], root / "boot" / f"config-{release}",
+    def from_unpacked_deb(cls, root: Path) -> "Kernel":
+        release = unpacked_release(root)
+        return cls(root / "boot" / f"vmlinuz-{release}", root / "boot" / f"config-{release}",
                    root / "lib/modules" / release, release)
 
     # -- description --------------------------------------------------------
@@ -127,7 +127,7 @@ class Kernel:
         (CONFIG_IKCONFIG), else {} (unknown: asked of a booted guest)."""
         if self.config_path is not None and self.config_path.is_file():
             return parse_kconfig(self.config_path.read_text(errors="replace"))
-        return parse_kconfig(embedded_config(self))
+        return parse_kconfig(embedded_config(self.image))
 
     @property
     def config_known(self) -> bool:
@@ -202,9 +202,9 @@ class Kernel:
     def identity(self) -> str:
         """Content hash naming this kernel in caches."""
         h = hashlib.sha256()
-        h.update(_file_digest(self.image).encode())
+        h.update(file_digest(self.image).encode())
         if self.config_path and self.config_path.is_file():
-            h.update(_file_digest(self.config_path).encode())
+            h.update(file_digest(self.config_path).encode())
         h.update(self.release.encode())
         return h.hexdigest()[:16]
 
@@ -245,27 +245,6 @@ def _module_name(path: str) -> str:
     for suffix in (".xz", ".zst", ".gz"):
         base = base.removesuffix(suffix)
     return base.removesuffix(".ko").replace("-", "_")
-
-
-def embedded_config(kernel: "Kernel") -> str:
-    """The .config a kernel built with CONFIG_IKCONFIG carries (what
-    scripts/extract-ikconfig finds), cached per image; "" when it has none."""
-    cached = cache_dir() / "ikconfig" / f"{_file_digest(kernel.image).split(':')[0][:16]}.config"
-    if cached.exists():
-        return cached.read_text()
-    text = ""
-    data = extract_vmlinux(kernel.image) or kernel.image.read_bytes()
-    start = data.find(b"IKCFG_ST\x1f\x8b")
-    if start >= 0:
-        import gzip
-        import zlib
-        try:
-            text = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[start + 8:]).decode(errors="replace")
-        except (zlib.error, gzip.BadGzipFile):
-            text = ""
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(cached, text)
-    return text
 
 
 def tree_modules(tree: Path, release: str) -> Path | None:
@@ -317,16 +296,6 @@ def tree_modules(tree: Path, release: str) -> Path | None:
     return moddir
 
 
-@functools.lru_cache(maxsize=None)
-def _file_digest(path: Path) -> str:
-    st = path.stat()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"{h.hexdigest()}:{st.st_size}"
-
-
 def parse_kconfig(text: str) -> dict[str, str]:
     """``CONFIG_X=y`` lines to a dict; ``# CONFIG_X is not set`` maps to 'n'."""
     out = {}
@@ -342,114 +311,6 @@ def parse_kconfig(text: str) -> dict[str, str]:
     return out
 
 
-def image_release(path: Path) -> str:
-    """The release string (uname -r) stored in a bzImage's setup header."""
-    with open(path, "rb") as f:
-        head = f.read(0x10000)
-    if head[0x202:0x206] != b"HdrS":
-        raise KernelError(f"{path}: not a bzImage (no x86 boot header)")
-    offset = int.from_bytes(head[0x20e:0x210], "little") + 0x200
-    release = head[offset:offset + 256].split(b" ", 1)[0].split(b"\0", 1)[0]
-    if not release:
-        raise KernelError(f"{path}: bzImage has no version string")
-    return release.decode()
-
-
-# Compressed payloads a bzImage may carry: (magic, decompressor argv).
-_PAYLOADS = [(b"\x28\xb5\x2f\xfd", ["zstd", "-dcq"]), (b"\xfd7zXZ\x00", ["xz", "-dcq"]),
-             (b"\x1f\x8b\x08", ["gzip", "-dcq"]), (b"\x02\x21\x4c\x18", ["lz4", "-dcq"])]
-
-
-def extract_vmlinux(image: Path) -> bytes | None:
-    """The ELF vmlinux inside a bzImage (as scripts/extract-vmlinux finds it)."""
-    data = image.read_bytes()
-    for magic, argv in _PAYLOADS:
-        pos = data.find(magic)
-        while pos >= 0:
-            try:
-                out = subprocess.run(argv, input=data[pos:], capture_output=True, timeout=120).stdout
-            except (OSError, subprocess.TimeoutExpired):
-                out = b""
-            if out[:4] == b"\x7fELF":
-                return out
-            pos = data.find(magic, pos + 1)
-    return None
-
-
-def has_pvh_entry(path: Path) -> bool:
-    return has_pvh_entry_bytes(path.read_bytes())
-
-
-def has_pvh_entry_bytes(elf: bytes) -> bool:
-    """True when a 64-bit ELF has the Xen PHYS32_ENTRY note QEMU boots PVH from."""
-    if elf[:4] != b"\x7fELF" or elf[4] != 2:
-        return False
-    phoff, = struct.unpack_from("<Q", elf, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
-    for i in range(phnum):
-        p_type, _, p_offset, _, _, p_filesz = struct.unpack_from("<IIQQQQ", elf, phoff + i * phentsize)
-        if p_type != 4:  # PT_NOTE
-            continue
-        off, end = p_offset, p_offset + p_filesz
-        while off + 12 <= end:
-            namesz, descsz, ntype = struct.unpack_from("<III", elf, off)
-            name = elf[off + 12:off + 12 + namesz].rstrip(b"\0")
-            if name == b"Xen" and ntype == 18:  # XEN_ELFNOTE_PHYS32_ENTRY
-                return True
-            off += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
-    return False
-
-
-# -- the default kernel: Debian's generic image package ----------------------
-
-def kernels_cache() -> Path:
-    return cache_dir() / "kernels"
-
-
-def default_kernel_dir() -> Path | None:
-    found = sorted(kernels_cache().glob(f"debian-{DEFAULT_SERIES}.*/.complete"),
-                   key=lambda p: _version_key(p.parent.name))
-    return found[-1].parent if found else None
-
-
-def _version_key(name: str):
-    return [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", name)]
-
-
-def newest_image_package(series: str = DEFAULT_SERIES) -> str:
-    out = cmd(["apt-cache", "pkgnames", f"linux-image-{series}."]).stdout
-    names = [n for n in out.split() if _IMAGE_PACKAGE.match(n)]
-    if not names:
-        raise KernelError(f"apt knows no linux-image-{series}.*-amd64-unsigned package; "
-                          "is bookworm-backports configured (tools/setup does it)?")
-    return max(names, key=_version_key)
-
-
 def fetch_default(series: str = DEFAULT_SERIES) -> Kernel:
-    """apt-get download + unpack the newest generic image; idempotent."""
-    existing = default_kernel_dir()
-    if existing is not None:
-        return Kernel._from_unpacked_deb(existing)
-    package = newest_image_package(series)
-    matched = _IMAGE_PACKAGE.match(package)
-    assert matched is not None  # newest_image_package() only returns names it matches
-    version = matched.group(1)
-    dest = kernels_cache() / f"debian-{version}"
-    log.info("fetching %s into %s", package, dest)
-    kernels_cache().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=kernels_cache(), prefix=f"harness-fetch-{os.getpid()}-") as tmp:
-        cmd(["apt-get", "download", "-q", package], cwd=tmp)
-        deb = next(Path(tmp).glob("*.deb"))
-        unpacked = Path(tmp) / "root"
-        cmd(["dpkg-deb", "-x", str(deb), str(unpacked)])
-        if dest.exists():
-            shutil.rmtree(dest)
-        # Keep only what a guest needs: image, config, System.map, modules.
-        os.rename(unpacked, dest)
-    for junk in ("usr", "etc"):
-        shutil.rmtree(dest / junk, ignore_errors=True)
-    kernel = Kernel._from_unpacked_deb(dest)
-    if kernel.modules_dir and not (kernel.modules_dir / "modules.dep").exists():
-        cmd(["depmod", "-b", str(dest), kernel.release])
-    (dest / ".complete").write_text(package + "\n")
-    return kernel
+    """Debian's generic image of ``series``, fetched once (``debian.fetch``)."""
+    return Kernel.from_unpacked_deb(fetch(series))

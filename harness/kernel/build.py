@@ -413,7 +413,7 @@ def _prune_trees(keep: Path):
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _env() -> dict:
+def build_env() -> dict:
     env = {**os.environ, "KBUILD_BUILD_TIMESTAMP": "harness", "KBUILD_BUILD_USER": "harness",
            "KBUILD_BUILD_HOST": "harness"}
     if shutil.which("ccache"):
@@ -435,7 +435,7 @@ def _base(minimal: bool) -> Path:
 
 
 def _configure(work: Path, fragments: list[Path], soft=(), lock_fd: int | None = None):
-    env, make = _env(), _make_argv(work)
+    env, make = build_env(), _make_argv(work)
     held: dict = {"pass_fds": (lock_fd,)} if lock_fd is not None else {}  # a killed run's make keeps the tree
     if fragments[0] == MINIMAL_CONFIG:
         # allnoconfig with every fragment as its "all" file: what is not
@@ -475,7 +475,7 @@ def _make(work: Path, jobs: int, log_path: Path, t0: float, lock_fd: int | None 
              log_path)
     with open(log_path, "w") as out:
         try:
-            with process_group([*make, "bzImage"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            with process_group([*make, "bzImage"], env=build_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, pass_fds=() if lock_fd is None else (lock_fd,)) as proc:
                 last, shown, units = "", time.monotonic(), 0
                 assert proc.stdout is not None
@@ -556,7 +556,7 @@ def build_tree(tree: Path, jobs: int | None = None) -> Path:
 def _build_tree(tree: Path, out: Path, in_place: bool, stamp: Path, source: Source, jobs: int | None,
                 lock_fd: int):
     out.mkdir(parents=True, exist_ok=True)
-    env = _env()
+    env = build_env()
     make = [*_make_argv(tree), *([] if in_place else [f"O={out}"])]
     if not in_place and not (out / ".config").is_file():
         cmd([*make, "defconfig", "kvm_guest.config"], env=env, timeout=600)
