@@ -153,8 +153,8 @@ def cmd_ab(args):
     import time
     from pathlib import Path
     from .env import prepare
-    from .measure.ab import Side, run_ab
-    from .measure.workloads import WORKLOADS
+    from .ab.runner import Side, run_ab
+    from .ab.workloads import WORKLOADS
     workload = WORKLOADS.get(args.workload)
     if workload is None:
         raise HarnessError(f"--workload {args.workload!r}: expected one of {', '.join(WORKLOADS)}")

@@ -7,6 +7,7 @@ console showed since the previous mark fails that test.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import itertools
 import os
@@ -25,6 +26,7 @@ from .vm.splat import Splat
 from .invocation import named_by_option
 from .kernel.kernel import Kernel, KernelPathError
 from .lab.lab import Lab
+from .lab.topo import Topo
 from .kernel.needs import Version, unmet
 from .ksft import items as ksft_items
 from .util import (ACCELS, GUEST_MEMORY_MB, GUEST_VCPUS, HarnessError, Unavailable, install_terminate_handler,
@@ -161,13 +163,17 @@ class HarnessSession:
             self.stop_guest(guest)
 
     # -- labs -------------------------------------------------------------------
-    def start_lab(self, topology) -> Lab:
-        """Bring up a topology (a name under topologies/ or a path)."""
+    def start_lab(self, topology: str | Path | Topo) -> Lab:
+        """Bring up a topology: a name under topologies/, a path, or a Topo."""
         self.ensure_ready()
-        path = Path(topology)
-        if not path.suffix:
-            path = Path(self.config.rootpath) / "topologies" / f"{topology}.yaml"
-        lab = Lab.from_yaml(path, kernel=self.kernel, accel=self.accel, log_dir=self.log_dir)
+        assert self.accel is not None  # ensure_ready() chose it
+        if isinstance(topology, Topo):
+            lab = Lab(topology.build(), kernel=self.kernel, accel=self.accel, log_dir=self.log_dir)
+        else:
+            path = Path(topology)
+            if not path.suffix:
+                path = Path(self.config.rootpath) / "topologies" / f"{topology}.yaml"
+            lab = Lab.from_yaml(path, kernel=self.kernel, accel=self.accel, log_dir=self.log_dir)
         self.labs.append(lab)
         try:
             lab.up()
@@ -427,9 +433,10 @@ def _module_labs(harness):
 @pytest.fixture
 def lab(harness, _module_labs):
     """lab("proxy-hops") -> the module's running Lab for topologies/proxy-hops.yaml
-    (or a path), brought up on first use and torn down after the module."""
+    (or a path, or a harness.lab.topo.Topo), brought up on first use and torn
+    down after the module."""
 
-    def get(topology: str) -> Lab:
+    def get(topology: str | Path | Topo) -> Lab:
         current = _module_labs.get(topology)
         if current is not None and not all(g.alive for g in current.all_guests):
             harness.stop_lab(current)  # a guest crashed: the next test gets a fresh lab
@@ -445,12 +452,21 @@ def lab(harness, _module_labs):
 
 
 @pytest.fixture
+def defer():
+    """defer(fn, *args, **kwargs): fn called at the test's teardown, the last
+    deferred first, every one even when another raises (the kernel
+    selftests' ``defer()``; an ``ExitStack`` underneath)."""
+    with contextlib.ExitStack() as stack:
+        yield stack.callback
+
+
+@pytest.fixture
 def ab(harness, request):
-    """ab("pktgen_queue_xmit", base=k1, patched=k2, runs=5) -> harness.measure.ab.Report
+    """ab("pktgen_queue_xmit", base=k1, patched=k2, runs=5) -> harness.ab.runner.Report
     (kernels default to the session's; *_options go to the workload's sample).
     JSON and PNG land in the run's log directory under ab/<test>/."""
-    from .measure.ab import Side, run_ab
-    from .measure.workloads import WORKLOADS
+    from .ab.runner import Side, run_ab
+    from .ab.workloads import WORKLOADS
 
     def run(workload, base: Kernel | None = None, patched: Kernel | None = None, *,
             base_options: dict | None = None, patched_options: dict | None = None, **kw):

@@ -24,7 +24,7 @@ from . import model, render
 from ..kernel.needs import MissingKernelFeature, unmet
 from ..endpoint import Endpoint
 from ..vm.guest import Guest
-from .hosts import LocalHost, Plumbing
+from .hosts import Container, LabHost, LocalHost, Plumbing
 from ..kernel.kernel import Kernel
 from ..util import HarnessError, teardown_section
 
@@ -36,29 +36,6 @@ class LabError(HarnessError):
     pass
 
 
-class Container(Endpoint):
-    """A network namespace inside a guest."""
-
-    NEEDS = ("CONFIG_NET_NS", "CONFIG_VETH")
-
-    def __init__(self, guest: Guest, netns: str):
-        self.guest = guest
-        self.netns = netns
-        self.name = f"{guest.name}/{netns}"
-
-    def _wrap(self, command: str) -> str:
-        return f"ip netns exec {shlex.quote(self.netns)} sh -c {shlex.quote(command)}"
-
-    def spawn(self, command: str):
-        return self.guest.spawn(self._wrap(command))
-
-    def dump(self, patterns: list[str]):
-        return self.guest.dump(patterns, netns=self.netns)
-
-    def __repr__(self):
-        return f"<Container {self.name}>"
-
-
 def _mac(lab_id: str, guest_index: int, nic_index: int) -> str:
     return f"52:54:{lab_id[:2]}:{lab_id[2:4]}:{guest_index:02x}:{nic_index:02x}"
 
@@ -67,7 +44,7 @@ class Lab:
     """One topology, up or down.  ``up()`` undoes its own work if it fails."""
 
     def __init__(self, topology: model.Topology, *, kernel: Kernel, accel: str = "tcg",
-                 log_dir: Path | None = None, kernels: dict[str, Kernel] | None = None, host=None):
+                 log_dir: Path | None = None, kernels: dict[str, Kernel] | None = None, host: LabHost | None = None):
         self.topology = topology
         self.kernel = kernel
         self.kernels = kernels or {}
@@ -75,7 +52,7 @@ class Lab:
         self.log_dir = log_dir
         # where the host side lives: this machine, or the guest hosting a
         # nested lab (harness.lab.nest.GuestHost)
-        self.host = host or LocalHost()
+        self.host: LabHost = host or LocalHost()
         self.plumbing: Plumbing | None = None
         self.guests: dict[str, Guest] = {}
         self.nested_labs: dict[str, Lab] = {}   # guest name -> the lab it hosts
@@ -255,7 +232,7 @@ class Lab:
         if spec.kernel in self.kernels:
             return self.kernels[spec.kernel]
         path = Path(spec.kernel)
-        if not path.is_absolute() and self.topology.source not in ("<string>", "<memory>"):
+        if not path.is_absolute() and self.topology.source not in ("<string>", "<memory>", "<python>"):
             path = Path(self.topology.source).parent / path
         gi = self.topology.guests.index(spec)
         try:

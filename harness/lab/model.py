@@ -173,6 +173,12 @@ def parse(text: str, source: str = "<string>") -> Topology:
         data = yamlread.read(text)
     except yamlread.ReadError as e:
         raise TopologyError(source, e.where, e.message) from None
+    return from_data(data, source)
+
+
+def from_data(data, source: str = "<memory>") -> Topology:
+    """The model of plain data in the YAML file's shape (what ``yamlread``
+    gives, or what ``topo.Topo`` builds), validated as a file is."""
     if not isinstance(data, dict):
         raise TopologyError(source, "", "expected a mapping with name, guests, bridges, host")
     topo = _placed(_build(Topology, data, source, ""), source, "")

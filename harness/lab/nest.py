@@ -31,7 +31,7 @@ from ..vm.console import Job
 from ..vm.guest import Guest
 from ..vm.images import build_initramfs
 from ..kernel.kernel import Kernel
-from .hosts import Plumbing
+from .hosts import Container, Plumbing
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,6 @@ class GuestHost:
         return Plumbing(made["lab_id"], made["links"], made["namespaces"])
 
     def namespace(self, netns: str, short: str) -> Endpoint:
-        from .lab import Container
         ns = Container(self.guest, netns)
         ns.name = f"{self.guest.name}/host/{short}"
         return ns

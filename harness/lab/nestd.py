@@ -29,7 +29,8 @@ from pathlib import Path
 
 from ..util import RUN_ROOT, HarnessError
 from ..vm.accel import resolve
-from ..vm.guest import Domain, LOCAL
+from ..vm.contracts import Domain
+from ..vm.guest import LOCAL
 from .hostnet import HostNet
 from .hosts import VHOST_NET
 

@@ -43,6 +43,23 @@ def backlog_threaded(where):
         set_backlog_threaded(where, 0)
 
 
+MODES = ("softirq", "backlog_threaded")  # how the backlogs are processed
+
+
+@contextlib.contextmanager
+def backlog_mode(where, mode: str):
+    """The backlogs processed in ``mode`` for the block: "softirq" (the
+    kernel's own default: nothing is switched) or "backlog_threaded"
+    (seed 002's sysctl: 1 for the block, 0 after it)."""
+    if mode not in MODES:
+        raise ValueError(f"backlog mode {mode!r}: expected one of {', '.join(MODES)}")
+    if mode == "softirq":
+        yield
+        return
+    with backlog_threaded(where):
+        yield
+
+
 @contextlib.contextmanager
 def max_backlog(where, packets: int):
     """net.core.netdev_max_backlog=packets for the block, the old value after."""

@@ -22,7 +22,7 @@ import re
 import socket
 import time
 
-from ..lab.hostnet import in_netns_call
+from ..netns import in_netns_call
 from ..util import HarnessError
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from pathlib import Path
 
 from ..endpoint import Endpoint
+from .contracts import Hypervisor
 from .console import AgentChannel, ConsoleLog, GuestError, Job, connect_unix
 from .images import build_initramfs, domain_xml
 from ..kernel.kernel import Kernel
@@ -173,7 +174,7 @@ class LocalHypervisor:
         return connect_unix(path)
 
 
-LOCAL = LocalHypervisor()
+LOCAL: Hypervisor = LocalHypervisor()
 
 
 def host_tsc_khz() -> int | None:
@@ -229,7 +230,7 @@ class Guest(Endpoint):
     def __init__(self, name: str, kernel: Kernel, *, vcpus: int = GUEST_VCPUS, memory_mb: int = GUEST_MEMORY_MB,
                  cmdline: str = "", accel: str = "tcg", log_dir: Path | None = None,
                  interfaces: Sequence[str] = (), qemu_args: Sequence[str] = (), boot_timeout: float = 120.0,
-                 hypervisor=None, speed_scale: float = 1.0):
+                 hypervisor: Hypervisor | None = None, speed_scale: float = 1.0):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", name):
             raise HarnessError(f"guest name {name!r}: expected 1-32 letters, digits, '_', '.', '-'")
         self.name = name
@@ -246,7 +247,7 @@ class Guest(Endpoint):
         self.speed_scale = speed_scale
         # where the domain runs: this machine's libvirtd, or a lab guest
         # hosting a nested lab (harness.lab.nest)
-        self.hypervisor = hypervisor or LOCAL
+        self.hypervisor: Hypervisor = hypervisor or LOCAL
         self.domain_name = f"{DOMAIN_PREFIX}-{os.getpid()}-{name}"
         self.log_dir = Path(log_dir) if log_dir else None
         self.console: Any = None  # ConsoleLog once started
@@ -254,7 +255,7 @@ class Guest(Endpoint):
         self.release: str | None = None
         self.boot_seconds: float | None = None
         self.mark_line = 0  # console line of the last mark (per-test slicing)
-        self._dom: Any = None  # the libvirt domain while it exists
+        self._dom: Any = None  # the Domain while it exists
         self._dir: Path | None = None
         self._local_dir: Path | None = None
         self._owner = os.getpid()

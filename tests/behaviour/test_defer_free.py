@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from harness.vocab import wait_gone
 from harness.measure.traffic import tcp_stream
 
 NS = "dfsrv"
@@ -35,10 +36,7 @@ KILL_AND_DELETE = f"kill -9 $(ip netns pids {NS}) 2>/dev/null; ip netns del {NS}
 
 def gone_within(guest, limit):
     """Seconds until the namespace's veth (and so the namespace) is gone."""
-    t0 = time.monotonic()
-    while guest.run("test -e /sys/class/net/dfc").rc == 0 and time.monotonic() - t0 < limit:
-        time.sleep(0.05)
-    return time.monotonic() - t0
+    return wait_gone(guest, "dfc", timeout=limit)
 
 
 class Server:

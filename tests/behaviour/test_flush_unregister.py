@@ -13,11 +13,12 @@ import time
 
 import pytest
 
-from harness.measure.backlog import (BACKLOG_NAPI, SEED_002, backlog_thread, backlog_threaded, hold_mid_round,
-                                     max_backlog, pin, set_backlog_threaded)
+from harness.measure.backlog import (BACKLOG_NAPI, SEED_002, backlog_mode, backlog_thread, backlog_threaded,
+                                     hold_mid_round, max_backlog, pin)
 from harness.vm.console import GuestError
 from harness.measure.observe import cpu_times, snapshot, softnet
 from harness.measure.rps import CpuHog, SteeredVeth
+from harness.vocab import column, delta, exists, total, wait_gone
 
 DELETE_WITHIN_S = 10.0  # under TCG
 pytestmark = pytest.mark.needs(SteeredVeth, "CONFIG_NET_NS")
@@ -38,9 +39,7 @@ def delete_under_traffic(guest, *, in_namespace: bool):
         if in_namespace:
             guest.check(f"ip netns del {pair.netns}", timeout=60)
             # the namespace's devices go with it: wait for the veth's other end
-            deadline = t0 + 60 * guest.time_scale
-            while guest.run(f"test -e /sys/class/net/{pair.tx}").rc == 0 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_gone(guest, pair.tx, timeout=60 * guest.time_scale)
         else:
             guest.check(f"ip link del {pair.tx}", timeout=60)
         took = time.monotonic() - t0
@@ -55,13 +54,8 @@ def delete_under_traffic(guest, *, in_namespace: bool):
 @pytest.mark.parametrize("mode", ["softirq", pytest.param("backlog_threaded", marks=pytest.mark.needs(SEED_002))])
 @pytest.mark.guest(vcpus=2)
 def test_flush_unregister_under_rps_traffic(guest, mode, in_namespace):
-    if mode == "backlog_threaded":
-        set_backlog_threaded(guest, 1)
-    try:
+    with backlog_mode(guest, mode):
         took = delete_under_traffic(guest, in_namespace=in_namespace)
-    finally:
-        if mode == "backlog_threaded":
-            set_backlog_threaded(guest, 0)
     assert took < DELETE_WITHIN_S * guest.time_scale, f"deleting took {took:.1f}s"
     assert queues_empty(guest)
 
@@ -97,7 +91,7 @@ def test_flush_unregister_waits_for_a_busy_target_cpu(guest):
     assert result.sent == 3_000
     assert deleted.rc == 0, deleted.stderr
     assert took < hog_s + DELETE_WITHIN_S * guest.time_scale, f"deleting took {took:.1f}s after the hog stopped"
-    assert guest.run(f"test -e /sys/class/net/{pair.rx}").rc != 0
+    assert not exists(guest, pair.rx)
     assert queues_empty(guest)
 
 
@@ -128,19 +122,17 @@ def test_flush_unregister_waits_for_a_held_backlog_thread(guest, in_namespace):
                 busy_before = cpu_times(guest)
                 deletion = guest.spawn(f"ip netns del {pair.netns}" if in_namespace else f"ip link del {pair.tx}")
                 time.sleep(2.0)
-                still_there = guest.run(f"test -e /sys/class/net/{pair.tx}").rc == 0
+                still_there = exists(guest, pair.tx)
                 flushing_cpu = (cpu_times(guest)[1] - busy_before[1]).busy_fraction
                 rows = softnet(guest)
                 assert still_there, "the device went while its packets were still queued for the held thread"
-                assert rows[2].processed - before[2].processed == done, "the held thread ran"
+                assert delta(before, rows)[2].processed == done, "the held thread ran"
                 assert flushing_cpu < 0.5, f"CPU 1 was {flushing_cpu:.0%} busy while the unregister waited"
             # the hog is gone: the thread finishes its round, the unregister completes
             t0 = time.monotonic()
             assert deletion.wait(DELETE_WITHIN_S).rc == 0
-            while guest.run(f"test -e /sys/class/net/{pair.tx}").rc == 0:
-                assert time.monotonic() - t0 < DELETE_WITHIN_S * guest.time_scale, \
-                    "the device is still there after the release"
-                time.sleep(0.05)
+            wait_gone(guest, pair.tx, timeout=DELETE_WITHIN_S * guest.time_scale - (time.monotonic() - t0))
+            assert not exists(guest, pair.tx), "the device is still there after the release"
             after = softnet(guest)
     finally:
         stuck = False
@@ -151,8 +143,8 @@ def test_flush_unregister_waits_for_a_held_backlog_thread(guest, in_namespace):
                 stuck = True  # the unregister is stuck in the kernel, holding rtnl: no cleanup can run
         if not stuck:
             pair.delete()
-    processed = {cpu: after[cpu].processed - before[cpu].processed for cpu in after}
+    processed = column(delta(before, after), "processed")
     assert processed[2] == HELD_N and sum(processed.values()) == HELD_N, \
         f"every queued packet is processed by the thread (on CPU 2), none is freed under it: {processed}"
-    assert sum(after[cpu].dropped - before[cpu].dropped for cpu in after) == 0
+    assert total(delta(before, after), "dropped") == 0
     assert all(row.backlog_len == 0 for row in after.values())

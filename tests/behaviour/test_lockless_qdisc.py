@@ -10,6 +10,7 @@ from harness.vm.console import CommandTimeout
 from harness.measure.observe import snapshot
 from harness.measure.pktgen import Pktgen
 from harness.measure.traffic import GUEST_AGENT
+from harness.vocab import delta
 
 COUNT = 10_000  # per thread
 pytestmark = pytest.mark.needs(Pktgen, "CONFIG_NET_SCHED")
@@ -20,7 +21,7 @@ def run_and_account(where, dev, threads, leaves):
     result = Pktgen(where).run(dev, count=COUNT, threads=threads, xmit_mode="queue_xmit",
                                dst_mac="02:00:00:00:00:09")
     after = snapshot(where)
-    d = after - before
+    d = delta(before, after)
     assert result.sent == COUNT * threads
     for leaf in leaves:
         q = after.qdisc(dev, leaf)

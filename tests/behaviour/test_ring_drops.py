@@ -14,6 +14,7 @@ from harness.measure.backlog import BACKLOG_NAPI
 from harness.measure.observe import snapshot
 from harness.measure.rps import CpuHog, SteeredVeth
 from harness.measure.traffic import send_frames
+from harness.vocab import counting, delta
 
 TUN_RING = Path(__file__).parent / "guest" / "tun_ring.py"
 
@@ -32,12 +33,12 @@ def set_tx_queue_len(tap, qlen):
 def wait_rx(guest, before, want, timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        got = (snapshot(guest) - before).link("eth0").rx.packets
+        got = delta(before, snapshot(guest)).link("eth0").rx.packets
         if got >= want:
             break
         time.sleep(0.2)
     time.sleep(0.5)  # anything beyond what was accepted would show up now
-    return (snapshot(guest) - before).link("eth0").rx.packets
+    return delta(before, snapshot(guest)).link("eth0").rx.packets
 
 
 @pytest.mark.parametrize("tx_queue_len", [256, 100])
@@ -101,12 +102,11 @@ def test_ring_drops_backlog_overflow_counted_exactly(guest):
     old = guest.check("sysctl -n net.core.netdev_max_backlog").stdout.strip()
     guest.check("sysctl -qw net.core.netdev_max_backlog=100")
     try:
-        before = snapshot(guest)
-        hog = CpuHog(guest, 1, 4).start()
-        result = pair.send(50_000)
-        hog.wait(30)
-        time.sleep(0.5)
-        d = snapshot(guest) - before
+        with counting(guest) as d:
+            hog = CpuHog(guest, 1, 4).start()
+            result = pair.send(50_000)
+            hog.wait(30)
+            time.sleep(0.5)
     finally:
         guest.check(f"sysctl -qw net.core.netdev_max_backlog={old}")
         pair.delete()

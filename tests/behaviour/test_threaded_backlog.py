@@ -14,11 +14,12 @@ import pytest
 
 import time
 
-from harness.measure.backlog import (BACKLOG_NAPI, SEED_002, SEED_002_HINT, SYSCTL, backlog_thread, backlog_threaded,
-                             backlog_threads, has_backlog_sysctl, hold_mid_round, max_backlog, pin,
-                             set_backlog_threaded)
+from harness.measure.backlog import (BACKLOG_NAPI, SEED_002, SEED_002_HINT, SYSCTL, backlog_mode, backlog_thread,
+                                     backlog_threaded, backlog_threads, has_backlog_sysctl, hold_mid_round,
+                                     max_backlog, pin, set_backlog_threaded)
 from harness.measure.observe import parse_cpu_list, snapshot, softnet
 from harness.measure.rps import CpuHog, SteeredVeth
+from harness.vocab import column, counting, delta, total
 
 N = 20_000
 pytestmark = pytest.mark.needs(SteeredVeth.NEEDS)
@@ -39,8 +40,7 @@ def steered(guest):
 def assert_all_accounted(result, delta):
     """pktgen's sent packets were all processed; the ones veth could not
     queue (NET_XMIT_DROP, pktgen's errors) are softnet's drops."""
-    processed = sum(row.processed for row in delta.softnet.values())
-    dropped = sum(row.dropped for row in delta.softnet.values())
+    processed, dropped = total(delta.softnet, "processed"), total(delta.softnet, "dropped")
     assert (processed, dropped) == (result.sent, result.errors), \
         f"pktgen sent {result.sent} (errors {result.errors}); processed {processed}, dropped {dropped}"
 
@@ -65,9 +65,8 @@ def test_threaded_backlog_absent_without_boot_parameter(guest):
 def test_threaded_backlog_rps_is_processed_by_the_target_cpus_thread(guest, steered):
     """RPS to CPU 1 in threaded mode: CPU 1 processes every packet and takes
     no RPS IPI (received_rps stays 0)."""
-    before = snapshot(guest)
-    result = steered.send(N)
-    d = snapshot(guest) - before
+    with counting(guest) as d:
+        result = steered.send(N)
     assert result.sent == N
     assert d.softnet[1].processed == N
     assert d.softnet[0].processed == 0
@@ -78,9 +77,8 @@ def test_threaded_backlog_rps_is_processed_by_the_target_cpus_thread(guest, stee
 @pytest.mark.guest(vcpus=2)
 def test_threaded_backlog_off_rps_raises_ipis(guest, kernel, steered):
     """The same traffic in softirq mode: CPU 1 processes it, woken by RPS IPIs."""
-    before = snapshot(guest)
-    result = steered.send(N)
-    d = snapshot(guest) - before
+    with counting(guest) as d:
+        result = steered.send(N)
     assert d.softnet[1].processed == result.sent == N
     assert d.softnet[1].received_rps > 0
     assert_all_accounted(result, d)
@@ -109,9 +107,8 @@ def test_threaded_backlog_sysctl_creates_one_thread_per_cpu(guest):
 def test_threaded_backlog_sysctl_rps_goes_through_the_threads(guest, steered):
     """With backlog_threaded=1 no RPS IPI is raised and every packet is processed."""
     with backlog_threaded(guest):
-        before = snapshot(guest)
-        result = steered.send(N)
-        d = snapshot(guest) - before
+        with counting(guest) as d:
+            result = steered.send(N)
     assert result.sent == N
     assert sum(row.received_rps for row in d.softnet.values()) == 0
     assert_all_accounted(result, d)
@@ -124,9 +121,8 @@ def test_threaded_backlog_sysctl_off_brings_the_ipis_back(guest, steered):
     IPIs and CPU 1 processes every packet in its softirq."""
     with backlog_threaded(guest):
         steered.send(1_000)
-    before = snapshot(guest)
-    result = steered.send(N)
-    d = snapshot(guest) - before
+    with counting(guest) as d:
+        result = steered.send(N)
     assert d.softnet[1].processed == result.sent == N
     assert d.softnet[1].received_rps > 0
     assert_all_accounted(result, d)
@@ -134,7 +130,7 @@ def test_threaded_backlog_sysctl_off_brings_the_ipis_back(guest, steered):
 
 @pytest.mark.needs(SEED_002)
 @pytest.mark.guest(vcpus=3)
-def test_threaded_backlog_sysctl_off_while_a_thread_owns_the_backlog(guest):
+def test_threaded_backlog_sysctl_off_while_a_thread_owns_the_backlog(guest, defer):
     """1 -> 0 while CPU 1's backlog thread is preempted mid-round (pinned to
     CPU 2, held there by a hog, owning a non-empty process_queue): the
     backlog stays the thread's until it completes its round.  No softirq
@@ -143,24 +139,21 @@ def test_threaded_backlog_sysctl_off_while_a_thread_owns_the_backlog(guest):
     thread processes every packet, old and new, exactly once."""
     n, more = 3_000, 500
     pair = SteeredVeth(guest, target_cpu=1, sender_cpu=0).create()
-    try:
-        with max_backlog(guest, 10_000), backlog_threaded(guest):
-            pin(guest, backlog_thread(guest, 1).pid, 2)
-            with CpuHog(guest, cpu=2, seconds=120) as hog:
-                done, before = hold_mid_round(guest, pair, hog, n)
-                set_backlog_threaded(guest, 0)
-                assert pair.inject(more) == (more, 0)
-                time.sleep(1.0)
-                held = softnet(guest)
-                meanwhile = {c: held[c].processed - before[c].processed for c in held}
-                assert meanwhile == {0: 0, 1: 0, 2: done}, \
-                    f"the backlog was processed while its thread still owned it: {meanwhile}"
-            after = drained(guest, before, n + more)
-    finally:
-        pair.delete()
-    processed = {c: after[c].processed - before[c].processed for c in after}
+    defer(pair.delete)
+    with max_backlog(guest, 10_000), backlog_threaded(guest):
+        pin(guest, backlog_thread(guest, 1).pid, 2)
+        with CpuHog(guest, cpu=2, seconds=120) as hog:
+            done, before = hold_mid_round(guest, pair, hog, n)
+            set_backlog_threaded(guest, 0)
+            assert pair.inject(more) == (more, 0)
+            time.sleep(1.0)
+            meanwhile = column(delta(before, softnet(guest)), "processed")
+            assert meanwhile == {0: 0, 1: 0, 2: done}, \
+                f"the backlog was processed while its thread still owned it: {meanwhile}"
+        after = drained(guest, before, n + more)
+    processed = column(delta(before, after), "processed")
     assert processed == {0: 0, 1: 0, 2: n + more}, f"every packet once, by the thread: {processed}"
-    assert sum(after[c].dropped - before[c].dropped for c in after) == 0
+    assert total(delta(before, after), "dropped") == 0
 
 
 @pytest.mark.needs(SEED_002)
@@ -168,12 +161,11 @@ def test_threaded_backlog_sysctl_off_while_a_thread_owns_the_backlog(guest):
 def test_threaded_backlog_sysctl_toggled_under_traffic(guest, steered):
     """1 -> 0 -> 1 fifty times while RPS traffic flows: no splat (the plugin
     fails the test on one), no stall, no unaccounted packet, no thread leak."""
-    before = snapshot(guest)
-    run = steered.start(200_000, rate_pps=50_000)
-    toggles = guest.run(f"for i in $(seq 50); do echo 1 > {SYSCTL}; echo 0 > {SYSCTL}; done; "
-                        f"echo 1 > {SYSCTL}", timeout=60)
-    result = run.wait(timeout=120)
-    d = snapshot(guest) - before
+    with counting(guest) as d:
+        run = steered.start(200_000, rate_pps=50_000)
+        toggles = guest.run(f"for i in $(seq 50); do echo 1 > {SYSCTL}; echo 0 > {SYSCTL}; done; "
+                            f"echo 1 > {SYSCTL}", timeout=60)
+        result = run.wait(timeout=120)
     set_backlog_threaded(guest, 0)
     assert toggles.rc == 0, toggles.stderr
     assert result.sent == 200_000
@@ -194,9 +186,8 @@ def test_threaded_backlog_sysctl_first_thing_after_boot(make_guest):
     assert seed_threads(fresh) == [], "writing the current value (0) started threads"
     set_backlog_threaded(fresh, 1)
     pair = SteeredVeth(fresh, target_cpu=1, sender_cpu=0).create()
-    before = snapshot(fresh)
-    result = pair.send(N)
-    d = snapshot(fresh) - before
+    with counting(fresh) as d:
+        result = pair.send(N)
     assert result.sent == N
     assert sum(row.received_rps for row in d.softnet.values()) == 0
     assert_all_accounted(result, d)
@@ -224,17 +215,15 @@ def test_threaded_backlog_sysctl_refused_enable_leaves_softirq_mode(make_guest):
     assert "kthread_run failed with err -11" in fresh.console.text(start), "the failure was not logged"
     assert seed_threads(fresh) == []
     pair = SteeredVeth(fresh, target_cpu=1, sender_cpu=0).create()
-    before = snapshot(fresh)
-    result = pair.send(N)
-    d = snapshot(fresh) - before
+    with counting(fresh) as d:
+        result = pair.send(N)
     assert d.softnet[1].processed == result.sent == N
     assert d.softnet[1].received_rps > 0
     assert_all_accounted(result, d)
     set_backlog_threaded(fresh, 1)
     assert seed_threads(fresh) == sorted(f"napi/backlog-{n}" for n in possible_cpus(fresh))
-    before = snapshot(fresh)
-    result = pair.send(N)
-    d = snapshot(fresh) - before
+    with counting(fresh) as d:
+        result = pair.send(N)
     assert sum(row.received_rps for row in d.softnet.values()) == 0
     assert_all_accounted(result, d)
 
@@ -261,8 +250,7 @@ def drained(guest, before, want, timeout=20.0):
     deadline = time.monotonic() + timeout * guest.time_scale
     while True:
         rows = softnet(guest)
-        got = sum(rows[c].processed + rows[c].dropped - before[c].processed - before[c].dropped
-                  for c in rows if c in before)
+        got = total(delta(before, rows), "processed", "dropped")
         if got >= want or time.monotonic() > deadline:
             time.sleep(0.3)  # anything beyond what was sent would show now
             return softnet(guest)
@@ -272,33 +260,29 @@ def drained(guest, before, want, timeout=20.0):
 @pytest.mark.needs("CONFIG_HOTPLUG_CPU")
 @pytest.mark.parametrize("mode", ["softirq", pytest.param("backlog_threaded", marks=pytest.mark.needs(SEED_002))])
 @pytest.mark.guest(vcpus=3)
-def test_threaded_backlog_hotplug_rps_target_under_traffic(guest, mode):
+def test_threaded_backlog_hotplug_rps_target_under_traffic(guest, mode, defer):
     """CPU 1, the RPS target, goes offline and back online three times while
     pktgen floods it.  Every packet is processed or dropped, each counted
     once: what the dead CPU had queued is moved to a live CPU (softirq) or
     drained by its thread (threaded), and once the CPU is back its backlog
     runs again."""
-    if mode == "backlog_threaded":
-        set_backlog_threaded(guest, 1)
     pair = SteeredVeth(guest, target_cpu=1, sender_cpu=0).create()
-    try:
-        before = softnet(guest)
-        run = pair.start(300_000)
-        time.sleep(1.0)
-        for _ in range(3):
-            set_online(guest, 1, 0)
-            time.sleep(0.3)
-            set_online(guest, 1, 1)
-            time.sleep(0.3)
-        result = run.wait(180)
-        after = drained(guest, before, result.sent + result.errors)
-    finally:
-        guest.run("echo 1 > /sys/devices/system/cpu/cpu1/online")
-        if mode == "backlog_threaded":
-            set_backlog_threaded(guest, 0)
-        pair.delete()
-    processed = sum(after[c].processed - before[c].processed for c in after)
-    dropped = sum(after[c].dropped - before[c].dropped for c in after)
+    defer(pair.delete)
+    with backlog_mode(guest, mode):
+        try:
+            before = softnet(guest)
+            run = pair.start(300_000)
+            time.sleep(1.0)
+            for _ in range(3):
+                set_online(guest, 1, 0)
+                time.sleep(0.3)
+                set_online(guest, 1, 1)
+                time.sleep(0.3)
+            result = run.wait(180)
+            after = drained(guest, before, result.sent + result.errors)
+        finally:  # before the mode switches back: every CPU online
+            guest.run("echo 1 > /sys/devices/system/cpu/cpu1/online")
+    processed, dropped = total(delta(before, after), "processed"), total(delta(before, after), "dropped")
     assert processed + dropped == result.sent + result.errors, \
         f"pktgen: {result.sent} sent, {result.errors} refused; softnet: {processed} processed, {dropped} dropped"
     assert after[1].backlog_len == 0
@@ -325,13 +309,13 @@ def test_threaded_backlog_hotplug_dead_cpus_backlog_is_left_to_its_thread(guest)
                 set_online(guest, 1, 0)
                 time.sleep(1.0)
                 held = softnet(guest)
-                moved = {c: held[c].processed - before[c].processed for c in held}
+                moved = column(delta(before, held), "processed")
                 assert moved == {0: 0, 2: 0}, f"the dead CPU's packets were processed elsewhere: {moved}"
             after = drained(guest, before, n)
             set_online(guest, 1, 1)
     finally:
         guest.run("echo 1 > /sys/devices/system/cpu/cpu1/online")
         pair.delete()
-    processed = {c: after[c].processed - before[c].processed for c in after}
+    processed = column(delta(before, after), "processed")
     assert processed == {0: 0, 2: n}, f"CPU 1's thread (on CPU 2) processes every packet: {processed}"
-    assert sum(after[c].dropped - before[c].dropped for c in after) == 0
+    assert total(delta(before, after), "dropped") == 0

@@ -6,9 +6,9 @@ import pytest
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from harness.measure.observe import snapshot
 from harness.measure.pktgen import Pktgen, PktgenError
 from harness.measure.traffic import Capture, http_load, send_frames, tcp_stream
+from harness.vocab import counting
 
 
 @pytest.mark.needs(Pktgen.NEEDS)
@@ -16,9 +16,8 @@ def test_pktgen_count_agrees_with_guest_tx_counters(lab):
     """pktgen count 10000 on each of two threads: each reports sent 10000,
     and the guest's eth0 tx counter grows by exactly 20000."""
     g1 = lab("single-mq").guest("g1")
-    before = snapshot(g1)
-    result = Pktgen(g1).run("eth0", count=10_000, threads=2, dst_mac="02:00:00:00:00:09")
-    delta = snapshot(g1) - before
+    with counting(g1) as delta:
+        result = Pktgen(g1).run("eth0", count=10_000, threads=2, dst_mac="02:00:00:00:00:09")
     assert [t.sent for t in result.threads] == [10_000, 10_000]
     assert result.errors == 0 and result.pps > 0
     assert delta.link("eth0").tx.packets == 20_000
@@ -45,9 +44,8 @@ def test_host_capture_sees_exactly_what_was_sent(lab, tmp_path):
 def test_tcp_stream_between_guests(lab):
     pair = lab("guest-pair")
     g1, g2 = pair.guest("g1"), pair.guest("g2")
-    before = snapshot(g2)
-    stream = tcp_stream(g2, g1, "10.77.1.2", seconds=2)
-    delta = snapshot(g2) - before
+    with counting(g2) as delta:
+        stream = tcp_stream(g2, g1, "10.77.1.2", seconds=2)
     assert stream.bits_per_second > 0 and stream.bytes > 0
     # the receiver's eth0 got at least every payload byte iperf3 counted
     assert delta.link("eth0").rx.bytes >= stream.bytes

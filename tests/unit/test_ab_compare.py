@@ -3,10 +3,10 @@ import random
 
 import pytest
 
-from harness.measure.abstats import compare
+from harness.ab.stats import compare
 from harness.cli import parse_sweep
 from harness.util import HarnessError
-from harness.measure.workloads import WORKLOADS
+from harness.ab.workloads import WORKLOADS
 
 
 def per_boot(rng, centre, n_boots=4, runs=5, sd=2.0):

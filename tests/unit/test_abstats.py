@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats as scistats
 
-from harness.measure.abstats import (boot_test, boots_needed, centre, compare, false_verdict_rate, hierarchical_ci,
+from harness.ab.stats import (boot_test, boots_needed, centre, compare, false_verdict_rate, hierarchical_ci,
                                      spread)
 
 

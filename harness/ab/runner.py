@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from .abstats import PointStats, compare
+from .stats import PointStats, compare
 from ..kernel.kernel import Kernel
 from ..lab.lab import Lab
 from ..util import REPO, HarnessError

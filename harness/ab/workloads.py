@@ -16,9 +16,9 @@ from collections.abc import Callable
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from .observe import snapshot
-from .pktgen import Pktgen
-from .traffic import http_load, send_frames, send_from, tcp_stream
+from ..measure.observe import snapshot
+from ..measure.pktgen import Pktgen
+from ..measure.traffic import http_load, send_frames, send_from, tcp_stream
 from ..util import HarnessError
 
 
