@@ -4,22 +4,23 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 
 from .util import ACCELS, GUEST_MEMORY_MB, GUEST_VCPUS, HarnessError, Terminated, describe_error, terminate_as_interrupt
 
 
-def cmd_kernel_fetch(args):
+def cmd_kernel_fetch(args: argparse.Namespace) -> None:
     from .kernel.kernel import fetch_default
     kernel = fetch_default()
     print(f"default kernel: {kernel}")
 
 
-def cmd_build_shell(args):
+def cmd_build_shell(args: argparse.Namespace) -> None:
     from .vm.images import build_static_shell
     print(f"static shell: {build_static_shell()}")
 
 
-def cmd_build_kernel(args):
+def cmd_build_kernel(args: argparse.Namespace) -> None:
     from .kernel import build as kbuild
     source = kbuild.tree_source(args.tree) if args.tree else kbuild.debian_source(args.debian_source)
     soft = [kbuild.collection_config(source, c) for c in args.ksft_config]
@@ -41,7 +42,7 @@ def _out_dir(args, what: str):
     return Path(args.out or f"logs/{what}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def cmd_mutants(args):
+def cmd_mutants(args: argparse.Namespace) -> int:
     from pathlib import Path
     from .catching.runs import equivalent_file, load_equivalents, run_mutants
     from .catching.mutants import Patch, mutants
@@ -69,7 +70,7 @@ def cmd_mutants(args):
     return 1 if report.survivors else 0
 
 
-def cmd_verify_fix(args):
+def cmd_verify_fix(args: argparse.Namespace) -> int:
     from .catching.runs import verify_fix
     verdict = verify_fix(_source(args), args.fix, expr=args.k, out_dir=_out_dir(args, "verify-fix"),
                          base_patches=args.base_patch, fragments=args.config, deadline_s=args.deadline,
@@ -84,7 +85,7 @@ def _guest_spec(args):
                      cmdline=args.cmdline, accel=args.accel, topology=args.topology)
 
 
-def cmd_run(args):
+def cmd_run(args: argparse.Namespace) -> int:
     from .oneshot import run_once
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -92,7 +93,7 @@ def cmd_run(args):
     return run_once(_guest_spec(args), command)
 
 
-def cmd_shell(args):
+def cmd_shell(args: argparse.Namespace) -> int:
     from .oneshot import shell
     return shell(_guest_spec(args))
 
@@ -149,7 +150,7 @@ def parse_sweep(text: str | None, workload) -> list | None:
         raise HarnessError(f"--sweep {text!r}: expected integers after '{name}='") from None
 
 
-def cmd_ab(args):
+def cmd_ab(args: argparse.Namespace) -> None:
     import time
     from pathlib import Path
     from .env import prepare
@@ -172,7 +173,7 @@ def cmd_ab(args):
     print(f"harness overhead: {report.overhead_pct:.1f}% of the workload's own time")
 
 
-def cmd_kernel_check(args):
+def cmd_kernel_check(args: argparse.Namespace) -> int:
     from .invocation import pytest_args
     from .kcheck import ROOT, check, collect
     from .kernel.kernel import Kernel
@@ -187,14 +188,14 @@ def cmd_kernel_check(args):
     return 1 if blocked else 0
 
 
-def cmd_kernel_show(args):
+def cmd_kernel_show(args: argparse.Namespace) -> None:
     from .kernel.kernel import Kernel
     kernel = Kernel.from_path(args.kernel) if args.kernel else Kernel.default()
     print(f"release: {kernel.release}\nimage: {kernel.image}\n"
           f"config: {kernel.config_path}\nmodules: {kernel.modules_dir}")
 
 
-def cmd_ksft(args):
+def cmd_ksft(args: argparse.Namespace) -> int:
     """`pytest --ksft TARGETS ...` from the repository, without a test file."""
     import pytest
     from .invocation import pytest_args
@@ -207,7 +208,7 @@ def cmd_ksft(args):
                                        kernel=args.kernel)))
 
 
-def cmd_down(args):
+def cmd_down(args: argparse.Namespace) -> None:
     """Remove what harness runs left behind: guests of dead owners, or all with --all."""
     import libvirt
     from .vm.guest import DOMAIN_PREFIX, libvirt_conn, reap_stale_guests
@@ -227,7 +228,7 @@ def cmd_down(args):
         print("nothing to remove")
 
 
-def cmd_up(args):
+def cmd_up(args: argparse.Namespace) -> int:
     """Bring a lab up and run commands in it until end of input or Ctrl-C
     (--check: only validate the file, without root or a boot)."""
     from .lab import model
@@ -261,6 +262,7 @@ def cmd_up(args):
             if line:
                 _run_in_lab(lab, line, args.timeout)
     print("torn down")
+    return 0
 
 
 def _run_in_lab(lab, line: str, timeout: float):
@@ -281,7 +283,7 @@ def _run_in_lab(lab, line: str, timeout: float):
         print(f"[rc={result.rc}]")
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="harness")
     parser.add_argument("--debug", action="store_true", help="show a traceback for errors")
     sub = parser.add_subparsers(dest="command", required=True)

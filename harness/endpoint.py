@@ -21,7 +21,8 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Protocol
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 from .util import HarnessError, teardown_section
 
@@ -142,7 +143,8 @@ _live_owner = os.getpid()  # a forked copy runs the atexit hook too: the groups 
 
 
 @contextlib.contextmanager
-def process_group(argv, *, grace: float = 10.0, **kw):
+def process_group(argv: Sequence[str | os.PathLike[str]], *, grace: float = 10.0,
+                  **kw: Any) -> Iterator[subprocess.Popen]:
     """``Popen(argv)`` in a session of its own, for the ``with`` block:
     whatever ends the block early (an exception, Ctrl-C, SIGTERM) ends the
     whole group first (stop_group), and so does this process's exit while
@@ -183,7 +185,7 @@ def _end_live_groups():
         _wait_group_gone(proc.pid)
 
 
-def stop_group(proc: subprocess.Popen, grace: float = 10.0):
+def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """End ``proc``'s process group: SIGTERM, then SIGKILL after ``grace``
     seconds; returns once ``proc`` is reaped and its group is gone (a
     compiler's cc1 dies a moment after its gcc)."""

@@ -225,7 +225,9 @@ def _qemu_processes() -> list[str]:
         except OSError:
             continue
         if "qemu-system" in cmdline and "guest=harness-" in cmdline:
-            found.append(re.search(r"guest=(harness-\S+?)[, ]", cmdline + " ").group(1))  # type: ignore[union-attr]
+            named = re.search(r"guest=(harness-\S+?)[, ]", cmdline + " ")
+            assert named is not None  # "guest=harness-" is there, and a space ends the line
+            found.append(named.group(1))
     return found
 
 
@@ -312,11 +314,11 @@ def scenarios(work: Path, minimal: Path) -> dict[str, Scenario]:
     patch = work / "fault.patch"
     counter = iter(range(1, 1 << 30))
 
-    def fresh_build():  # an empty cache: the point may land in preparing, configuring, making, collecting
+    def fresh_build() -> None:  # an empty cache: the point may land in preparing, configuring, making, collecting
         shutil.rmtree(build_cache, ignore_errors=True)
         patch.write_text(fake_patch(next(counter)))
 
-    def fresh_patch():  # the prepared tree stays; the patch is new (a build, then the selection)
+    def fresh_patch() -> None:  # the prepared tree stays; the patch is new (a build, then the selection)
         patch.write_text(fake_patch(next(counter)))
 
     fresh_build()

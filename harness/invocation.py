@@ -14,7 +14,7 @@ KERNEL_PATH_OPTIONS = {"image": "--kernel", "modules": "--modules", "kconfig": "
 KERNEL_OPTIONS = ("kernel", "modules", "kconfig", "accel")
 
 
-def pytest_args(*args: str, rootdir: str | os.PathLike | None = None, k: str | None = None,
+def pytest_args(*args: str | os.PathLike, rootdir: str | os.PathLike | None = None, k: str | None = None,
                 kernel: str | os.PathLike | None = None, modules: str | os.PathLike | None = None,
                 kconfig: str | os.PathLike | None = None, accel: str | None = None,
                 logs: str | os.PathLike | None = None, junit: str | os.PathLike | None = None,
@@ -38,7 +38,7 @@ def pytest_args(*args: str, rootdir: str | os.PathLike | None = None, k: str | N
     return argv + [str(a) for a in args]
 
 
-def pytest_argv(*args: str, **options: Any) -> list[str]:
+def pytest_argv(*args: str | os.PathLike, **options: Any) -> list[str]:
     """A child pytest's whole command line, under this process's interpreter
     (the venv's, with the harness installed)."""
     return [sys.executable, "-m", "pytest", *pytest_args(*args, **options)]

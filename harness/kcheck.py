@@ -104,7 +104,7 @@ def collect(args: list[str]) -> list[tuple[str, list]]:
     class Collector:
         items: list = []
 
-        def pytest_collection_finish(self, session):
+        def pytest_collection_finish(self, session: pytest.Session) -> None:
             self.items = [(item.nodeid, item_needs(item)) for item in session.items]
 
     collector = Collector()

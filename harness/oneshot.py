@@ -22,6 +22,7 @@ import termios
 import threading
 import time
 import tty
+from collections.abc import Iterator
 from pathlib import Path
 
 from .env import prepare
@@ -44,7 +45,7 @@ class GuestSpec:
 
 
 @contextlib.contextmanager
-def booted(spec: GuestSpec):
+def booted(spec: GuestSpec) -> Iterator[Guest]:
     """The guest (or the topology's first guest) for one command; its
     console log is kept under logs/ only when the kernel splatted."""
     accel = prepare(spec.kernel, spec.accel)
@@ -88,7 +89,9 @@ def run_once(spec: GuestSpec, argv: list[str]) -> int:
     kernel splatted meanwhile."""
     command = " ".join(shlex.quote(a) for a in argv) if len(argv) > 1 else argv[0]
     with booted(spec) as guest:
-        guest.agent.splat_grace_s = float("inf")  # the user's command runs to its end
+        agent = guest.agent
+        assert agent is not None  # booted() returns a guest whose agent answered
+        agent.splat_grace_s = float("inf")  # the user's command runs to its end
         start = len(guest.console)
         job = guest.spawn(f"cd {shlex.quote(os.getcwd())} 2>/dev/null; {command}", on_output=_stream)
         try:
@@ -106,23 +109,25 @@ def run_once(spec: GuestSpec, argv: list[str]) -> int:
 def shell(spec: GuestSpec) -> int:
     """An interactive shell in a fresh guest; Ctrl-D (or exit) tears it down."""
     with booted(spec) as guest:
-        guest.agent.splat_grace_s = float("inf")
+        agent = guest.agent
+        assert agent is not None  # booted() returns a guest whose agent answered
+        agent.splat_grace_s = float("inf")
         interactive = sys.stdin.isatty()
         size = shutil.get_terminal_size()
         job = guest.spawn_tty(rows=size.lines, cols=size.columns, term=os.environ.get("TERM", "xterm"),
                               on_output=_stream)
         saved = termios.tcgetattr(sys.stdin) if interactive else None
 
-        def keys():
+        def keys() -> None:
             while job.running:
                 data = os.read(sys.stdin.fileno(), 1024)
-                guest.agent.send_input(job, data or b"\x04")  # end of input: Ctrl-D
+                agent.send_input(job, data or b"\x04")  # end of input: Ctrl-D
                 if not data:
                     return
 
-        def resized(*_):
+        def resized(*_: object) -> None:
             size = shutil.get_terminal_size()
-            guest.agent.resize(job, size.lines, size.columns)
+            agent.resize(job, size.lines, size.columns)
 
         old_winch = signal.signal(signal.SIGWINCH, resized) if interactive else None
         try:

@@ -1,6 +1,6 @@
 """pytest plugin: options, kernel and guest fixtures, splat attribution.
 
-A thin layer over harness.guest: fixtures start and stop guests; after each
+A thin layer over harness.vm.guest: fixtures start and stop guests; after each
 test every live guest prints a mark through its kernel, and any splat its
 console showed since the previous mark fails that test.
 """
@@ -16,7 +16,9 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -32,11 +34,17 @@ from .ksft import items as ksft_items
 from .util import (ACCELS, GUEST_MEMORY_MB, GUEST_VCPUS, HarnessError, Unavailable, install_terminate_handler,
                    teardown_section)
 
+if TYPE_CHECKING:
+    from pluggy import Result
+
+    from .ab.runner import Report
+    from .ab.workloads import Workload
+
 GUEST_DEFAULTS = {"vcpus": GUEST_VCPUS, "memory_mb": GUEST_MEMORY_MB, "cmdline": ""}
 KEEP_RUNS = 10
 
 
-def pytest_addoption(parser):
+def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "netdev harness")
     group.addoption("--kernel", help="guest kernel: a bzImage, or a build-kernel output directory "
                                      "(default: Debian's 6.12 image fetched by tools/setup)")
@@ -52,7 +60,7 @@ def pytest_addoption(parser):
     ksft_items.addoptions(group)
 
 
-def pytest_configure(config):
+def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"guest(vcpus={GUEST_VCPUS}, memory_mb={GUEST_MEMORY_MB}, cmdline=''): "
                                        "the guest this test (or module) runs on")
     config.addinivalue_line("markers", "allow_splat(*kinds): splats of these kinds do not fail the test")
@@ -69,8 +77,8 @@ def pytest_configure(config):
         except HarnessError as e:
             raise pytest.UsageError(str(e)) from None
     config.addinivalue_line("markers", "ksft: a kernel selftest (collection:test) collected by --ksft")
-    config._harness = HarnessSession(config, kernel)
-    config.pluginmanager.register(config._harness, "harness-session")
+    config._harness = HarnessSession(config, kernel)  # type: ignore[attr-defined]
+    config.pluginmanager.register(config._harness, "harness-session")  # type: ignore[attr-defined]
 
 
 class HarnessSession:
@@ -97,7 +105,7 @@ class HarnessSession:
             self._kernel = Kernel.default()
         return self._kernel
 
-    def ensure_ready(self):
+    def ensure_ready(self) -> None:
         if self._ready:
             return
         if self.ready_error is None:
@@ -143,14 +151,14 @@ class HarnessSession:
         self.guests.append(guest)
         return guest
 
-    def stop_guest(self, guest: Guest):
+    def stop_guest(self, guest: Guest) -> None:
         with teardown_section():
             if not self.config.getoption("keep_guests"):
                 guest.stop()
             if guest in self.guests:
                 self.guests.remove(guest)
 
-    def stop_all(self):
+    def stop_all(self) -> None:
         # A forked copy of this process inherits atexit handlers: only the
         # process that built the guests and labs may tear them down.
         if os.getpid() != getattr(self, "_owner", os.getpid()):
@@ -184,7 +192,7 @@ class HarnessSession:
         self.guests += lab.all_guests
         return lab
 
-    def stop_lab(self, lab: Lab):
+    def stop_lab(self, lab: Lab) -> None:
         with teardown_section():
             guests = lab.all_guests
             if not self.config.getoption("keep_guests"):
@@ -222,13 +230,13 @@ class HarnessSession:
 
     # -- kernel needs: skip before any guest boots -----------------------------
     @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_setup(self, item):
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
         reasons = unmet(self.kernel, item_needs(item))
         if reasons:
             pytest.skip("; ".join(reasons))
 
     @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_call(self, item):
+    def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
         """Needs no config could decide (a kernel without one, run-time
         features) are asked of the test's guests, once per guest.  Then the
         test runs; a command that stalls after a splat fails at once,
@@ -255,13 +263,16 @@ class HarnessSession:
         return [v for v in funcargs.values() if isinstance(v, Guest)]
 
     @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item, call):
+    def pytest_runtest_makereport(self, item: pytest.Item,
+                                  call: pytest.CallInfo[None]) -> Generator[None, Result[pytest.TestReport], None]:
         outcome = yield
         report = outcome.get_result()
         if call.excinfo is not None and call.excinfo.errisinstance(Unavailable):
             # a lab or a driver found its kernel lacking, or the host too slow: a named skip, not a failure
             report.outcome = "skipped"
-            report.longrepr = (str(item.path), item.location[1], f"Skipped: {call.excinfo.value}")
+            line = item.location[1]  # 0-based; a skip report's line counts from 1
+            report.longrepr = (str(item.path), line + 1 if line is not None else None,  # type: ignore[assignment]
+                               f"Skipped: {call.excinfo.value}")  # (pytest takes None: no line)
             return
         if call.when != "call" or not self.guests:
             return
@@ -289,12 +300,12 @@ class HarnessSession:
             else:
                 report.longrepr = f"{report.longrepr}\n\n{text}"
 
-    def pytest_sessionfinish(self, session):
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self.stop_all()
 
     # -- kernel selftests (--ksft): they replace the files in tests/ --------------
     @pytest.hookimpl(tryfirst=True)
-    def pytest_collection(self, session):
+    def pytest_collection(self, session: pytest.Session) -> bool | None:
         """The selftests' items instead of the files' (reported, selected
         with -k and counted as pytest does for its own)."""
         if self.ksft is None:
@@ -304,17 +315,19 @@ class HarnessSession:
         except HarnessError as e:
             raise pytest.UsageError(str(e)) from None
         hook = session.config.hook
-        hook.pytest_collectreport(report=pytest.CollectReport("", "passed", None, items))
+        collected: list[pytest.Item | pytest.Collector] = list(items)
+        hook.pytest_collectreport(report=pytest.CollectReport("", "passed", None, collected))
         hook.pytest_collection_modifyitems(session=session, config=session.config, items=items)
         session.items = items
         session.testscollected = len(items)
         hook.pytest_collection_finish(session=session)
         return True
 
-    def pytest_report_teststatus(self, report, config):
+    def pytest_report_teststatus(self, report: pytest.TestReport | pytest.CollectReport,
+                                 config: pytest.Config) -> tuple[str, str, str] | None:
         return ksft_items.report_teststatus(report)
 
-    def pytest_report_header(self, config):
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
         kernel = self._kernel
         where = kernel or "default (Debian 6.12, fetched by tools/setup)"
         return [f"harness: kernel {where}; accel {config.getoption('accel')}"]
@@ -323,7 +336,7 @@ class HarnessSession:
 PARENT_ENV = "HARNESS_PARENT_PID"
 
 
-def watch_parent():
+def watch_parent() -> None:
     """A run started by another harness process (harness mutants,
     verify-fix: HARNESS_PARENT_PID) ends when that process is gone, even
     SIGKILLed: it is in a session of its own, so nothing else would stop it."""
@@ -332,7 +345,7 @@ def watch_parent():
         return
     me = os.getpid()
 
-    def watch():
+    def watch() -> None:
         while os.getppid() == int(parent):
             time.sleep(1)
         os.kill(me, signal.SIGTERM)
@@ -343,7 +356,7 @@ def watch_parent():
 RUN_NAME = re.compile(r"\d{8}-\d{6}-\d+")  # what log_dir names a pytest run's directory
 
 
-def prune_runs(base: Path, keep: Path):
+def prune_runs(base: Path, keep: Path) -> None:
     """The last KEEP_RUNS pytest runs' directories stay (by when they were
     last written); nothing else under ``base`` is touched (the CLI's
     mutants-*, ab-*, run-* are not runs of this kind), nor ``keep``."""
@@ -431,7 +444,8 @@ def _module_labs(harness):
 
 
 @pytest.fixture
-def lab(harness, _module_labs):
+def lab(harness: HarnessSession,
+        _module_labs: dict[str | Path | Topo, Lab]) -> Callable[[str | Path | Topo], Lab]:
     """lab("proxy-hops") -> the module's running Lab for topologies/proxy-hops.yaml
     (or a path, or a harness.lab.topo.Topo), brought up on first use and torn
     down after the module."""
@@ -452,7 +466,7 @@ def lab(harness, _module_labs):
 
 
 @pytest.fixture
-def defer():
+def defer() -> Iterator[Callable[..., Any]]:
     """defer(fn, *args, **kwargs): fn called at the test's teardown, the last
     deferred first, every one even when another raises (the kernel
     selftests' ``defer()``; an ``ExitStack`` underneath)."""
@@ -461,17 +475,18 @@ def defer():
 
 
 @pytest.fixture
-def ab(harness, request):
+def ab(harness: HarnessSession, request: pytest.FixtureRequest) -> Callable[..., Report]:
     """ab("pktgen_queue_xmit", base=k1, patched=k2, runs=5) -> harness.ab.runner.Report
     (kernels default to the session's; *_options go to the workload's sample).
     JSON and PNG land in the run's log directory under ab/<test>/."""
     from .ab.runner import Side, run_ab
     from .ab.workloads import WORKLOADS
 
-    def run(workload, base: Kernel | None = None, patched: Kernel | None = None, *,
-            base_options: dict | None = None, patched_options: dict | None = None, **kw):
+    def run(workload: str | Workload, base: Kernel | None = None, patched: Kernel | None = None, *,
+            base_options: dict | None = None, patched_options: dict | None = None, **kw: Any) -> Report:
         wl = WORKLOADS[workload] if isinstance(workload, str) else workload
         out = harness.log_dir / "ab" / re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)
+        assert harness.accel is not None  # the harness fixture made the session ready
         report = run_ab(wl, Side("base", base or harness.kernel, base_options or {}),
                         Side("patched", patched or harness.kernel, patched_options or {}),
                         accel=harness.accel, log_dir=out / "logs", **kw)
@@ -482,7 +497,7 @@ def ab(harness, request):
 
 
 @pytest.fixture
-def make_guest(harness):
+def make_guest(harness: HarnessSession) -> Iterator[Callable[..., Guest]]:
     """Start extra guests for one test: make_guest("g2", vcpus=4, cmdline=...)."""
     made = []
 

@@ -12,7 +12,9 @@ import stat
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 
 class HarnessError(Exception):
@@ -48,7 +50,7 @@ class _Signals:
         self.owner = os.getpid()
         self.lock = threading.RLock()  # the handler runs in the main thread, which may hold it
 
-    def handler(self, signum, frame):
+    def handler(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self.owner:
             return  # a forked copy of the process
         with self.lock:
@@ -65,7 +67,7 @@ class _Signals:
             self.raised = True
         raise Terminated(signum)
 
-    def leave(self):
+    def leave(self) -> None:
         with self.lock:
             self.depth -= 1
             signum = self.pending if self.depth == 0 else None
@@ -80,7 +82,7 @@ class _Signals:
 SIGNALS = _Signals()
 
 
-def install_terminate_handler():
+def install_terminate_handler() -> None:
     """From now on SIGTERM and SIGHUP raise Terminated (see _Signals)."""
     SIGNALS.owner = os.getpid()
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -88,7 +90,7 @@ def install_terminate_handler():
 
 
 @contextlib.contextmanager
-def terminate_as_interrupt():
+def terminate_as_interrupt() -> Iterator[None]:
     """install_terminate_handler() for the duration, the old handlers after."""
     old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
     install_terminate_handler()
@@ -101,7 +103,7 @@ def terminate_as_interrupt():
 
 
 @contextlib.contextmanager
-def teardown_section():
+def teardown_section() -> Iterator[None]:
     """A teardown that a SIGTERM must not cut in half: the signal is
     raised once the outermost section ends."""
     with SIGNALS.lock:
@@ -219,7 +221,7 @@ def reap_temp(dirs, names_only: bool = False) -> list[str]:
     return reaped
 
 
-def write_atomic(path: Path, data: bytes | str):
+def write_atomic(path: Path, data: bytes | str) -> None:
     """Write ``path`` whole or not at all (a temporary file beside it,
     renamed over it): a reader or a crash never sees half a file."""
     path = Path(path)

@@ -8,7 +8,7 @@ Each side is measured over several independent boots, each a fresh lab of
 the workload's topology, with runs nested inside a boot; boots of A and B
 alternate A B B A A B ... so that a slow drift of the host falls on both
 sides alike, and each boot's first ``warmup`` runs are discarded.  The
-statistics compare boots, not runs (harness.abstats): one boot's quirks
+statistics compare boots, not runs (harness.ab.stats): one boot's quirks
 are not the kernel's.  Per sweep point: the median of boot medians with a
 hierarchical-bootstrap 95% CI, the change of B against A, Student's (equal boots) or Welch's p on the
 boot medians, a verdict that needs both p < alpha and a change of at least
@@ -73,7 +73,7 @@ class Report:
     def overhead_pct(self) -> float:
         return (self.wall_s - self.workload_s) / self.workload_s * 100
 
-    def assert_not_slower(self, max_pct: float):
+    def assert_not_slower(self, max_pct: float) -> None:
         """Fail when B is significantly slower than A by more than ``max_pct``
         at any sweep point (for tests: the ``ab`` fixture's report)."""
         worse = [s for s in self.stats if s.verdict == "slower" and abs(s.change_pct) > max_pct]
@@ -94,7 +94,7 @@ class Report:
                 ["verdict"] + [s.verdict for s in self.stats],
                 ["spread"] + [f"boots {s.between_pct:.1f}%, runs {s.within_pct:.1f}%" for s in self.stats]]
         widths = [max(len(r[i]) for r in rows + [[""] + cols]) for i in range(len(cols) + 1)]
-        line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+        line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()  # noqa: E731
         first = next(iter(self.samples.values()))["base"]
         head = (f"{self.workload}: {self.metric}, median of boot medians [95% CI], {len(first)} boots x "
                 f"{len(first[0]) if first else 0} runs per side")
@@ -126,7 +126,7 @@ class Report:
         labels = (f"{self.base.label}\n{self.base.kernel.release}",
                   f"{self.patched.label}\n{self.patched.kernel.release}")
         fig, axes = plt.subplots(1, len(self.stats), figsize=(3.2 * len(self.stats) + 1, 4.2), squeeze=False)
-        for ax, s in zip(axes[0], self.stats):
+        for ax, s in zip(axes[0], self.stats, strict=False):
             for x, side in enumerate(("base", "patched")):
                 boots = self.samples[s.point][side]
                 ax.boxplot([sum(boots, [])], positions=[x], widths=0.6, patch_artist=True,
@@ -145,7 +145,7 @@ class Report:
 
 
 def environment(base: Side, patched: Side, accel: str) -> dict:
-    def version(argv):
+    def version(argv: list[str]) -> str | None:
         try:
             return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
         except (OSError, IndexError, subprocess.SubprocessError):

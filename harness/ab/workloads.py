@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -20,6 +21,9 @@ from ..measure.observe import snapshot
 from ..measure.pktgen import Pktgen
 from ..measure.traffic import http_load, send_frames, send_from, tcp_stream
 from ..util import HarnessError
+
+if TYPE_CHECKING:
+    from ..lab.lab import Lab
 
 
 class WorkloadError(HarnessError):
@@ -38,7 +42,7 @@ class Workload:
     higher_is_better: bool = True
     description: str = ""
 
-    def setup(self, lab):
+    def setup(self, lab: Lab) -> None:
         if self.prepare:
             self.prepare(lab)
 

@@ -88,7 +88,7 @@ class Patch:
     files: list[FilePatch]
 
     @classmethod
-    def parse(cls, text: str) -> "Patch":
+    def parse(cls, text: str) -> Patch:
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()
@@ -229,10 +229,10 @@ def statements(fp: FilePatch) -> list[Statement]:
         pending: str | None = None   # a braceless header's body comes next
         depth = 0
 
-        def piece_text():
+        def piece_text() -> str:
             return "".join(c[4] for c in chars)
 
-        def emit(header=None):
+        def emit(header: str | None = None) -> Statement | None:
             nonlocal chars
             text = piece_text()
             keep = [c for c in chars if not c[4].isspace()]
@@ -322,7 +322,7 @@ class Mutant:
     def describe(self) -> str:
         return f"{' '.join(self.statement.source().split())}  ->  {' '.join(self.replacement.split())}"
 
-    def render(self, patch: "Patch") -> str:
+    def render(self, patch: Patch) -> str:
         """The whole patch with this mutation in it."""
         hunk, (a, _), (b, _) = self.statement.hunk, self.statement.start, self.statement.end
         original = hunk.lines

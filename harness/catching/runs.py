@@ -1,9 +1,9 @@
 """Catching power: does the suite fail on a kernel that is broken the way a
 real bug breaks it?
 
-``run_mutants``: every mutant of a patch (harness.mutants) is built on one
+``run_mutants``: every mutant of a patch (harness.catching.mutants) is built on one
 prepared tree (harness.kernel.build.Tree: a mutant recompiles one file and
-relinks) and the selection runs on it (harness.selection); each mutant is
+relinks) and the selection runs on it (harness.catching.selection); each mutant is
 killed (by which test, how long), survives, times out or does not build.
 Mutants listed as equivalent beside the patch (``<patch>.equivalent``) are
 reported, not run.
@@ -76,7 +76,7 @@ class MutantReport:
             rows.append((r.id, r.status, f"{r.build_s:.0f}s" if r.build_s else "-",
                          f"{r.test_s:.0f}s" if r.test_s else "-", r.killed_by or r.detail))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=False)) + "  " + row[4] for row in rows]
         totals = ", ".join(f"{self.count(s)} {s}" for s in STATUSES if self.count(s))
         return "\n".join([f"mutants of {self.patch} against -k {self.selection!r}:"] + lines
                          + [f"{len(self.results)} mutants: {totals}"])

@@ -25,7 +25,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import IO
+from collections.abc import Callable
 
 from ..endpoint import cmd, process_group
 from ..util import REPO, HarnessError, cache_dir, temp_beside, write_atomic
@@ -72,7 +73,7 @@ def debian_source(series: str) -> Source:
                              f"(run tools/setup first for the backports suite):\n{result.stderr[-2000:]}")
     version = cmd(["dpkg-query", "-W", "-f=${Version}", package]).stdout.strip()
 
-    def prepare(work: Path):
+    def prepare(work: Path) -> None:
         work.mkdir(parents=True)
         cmd(["tar", "-xf", tarball, "-C", work, "--strip-components=1"], timeout=1800)
 
@@ -101,7 +102,7 @@ def tree_source(path) -> Source:
                 st = p.stat()
                 digest.update(f"{p.relative_to(tree)} {st.st_size} {st.st_mtime_ns}\n".encode())
 
-    def prepare(work: Path):
+    def prepare(work: Path) -> None:
         work.mkdir(parents=True)
         # the tree without its git data and build outputs; mrproper drops the rest
         with process_group(["tar", "-C", tree, "--exclude=.git", "--exclude=*.o", "--exclude=*.cmd",
@@ -271,16 +272,16 @@ class Tree:
         self.dir = trees_dir() / f"{source.name}-{key}"
         self.work = self.dir / "src"
         self.pristine = self.dir / "pristine"   # files as the source has them, saved before first change
-        self._lock = None
+        self._lock: IO[str] | None = None
 
     def __enter__(self):
         self.dir.mkdir(parents=True, exist_ok=True)
         # make inherits this lock (pass_fds): a build whose harness was
         # killed keeps the tree until its last compiler is gone
-        self._lock = open(self.dir / ".lock", "w")
-        if not _try_lock(self._lock):
+        self._lock = lock = open(self.dir / ".lock", "w")
+        if not _try_lock(lock):
             log.info("build-kernel: waiting for the build that holds %s", self.dir)
-            fcntl.flock(self._lock, fcntl.LOCK_EX)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         (self.dir / ".used").touch()
         try:
             for scratch in self.dir.glob(".apply-*"):  # of a build killed mid-way (we hold the lock)
@@ -383,7 +384,7 @@ class Tree:
                 if (self.pristine / rel).exists():
                     (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(self.pristine / rel, scratch / rel)
-            for text, name in zip(texts, names):
+            for text, name in zip(texts, names, strict=False):
                 patch_file = scratch / ".patch"
                 patch_file.write_text(text)
                 label = name if isinstance(name, Path) else "a patch given as text"

@@ -16,7 +16,7 @@ class KernelError(HarnessError):
     pass
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def file_digest(path: Path) -> str:
     st = path.stat()
     h = hashlib.sha256()

@@ -45,7 +45,7 @@ class Kernel:
 
     # -- construction -------------------------------------------------------
     @classmethod
-    def from_path(cls, image, modules=None, kconfig=None) -> "Kernel":
+    def from_path(cls, image, modules=None, kconfig=None) -> Kernel:
         """A user's kernel: a bzImage, a build-kernel output directory, a
         kernel tree's root or its O= build directory (built in place,
         without modules_install: its .ko files are used where they lie).
@@ -107,7 +107,7 @@ class Kernel:
                    found_modules.resolve() if found_modules else None, release)
 
     @classmethod
-    def default(cls) -> "Kernel":
+    def default(cls) -> Kernel:
         root = default_kernel_dir()
         if root is None:
             raise KernelError("the default kernel is not fetched: run `harness kernel fetch` "
@@ -115,7 +115,7 @@ class Kernel:
         return cls.from_unpacked_deb(root)
 
     @classmethod
-    def from_unpacked_deb(cls, root: Path) -> "Kernel":
+    def from_unpacked_deb(cls, root: Path) -> Kernel:
         release = unpacked_release(root)
         return cls(root / "boot" / f"vmlinuz-{release}", root / "boot" / f"config-{release}",
                    root / "lib/modules" / release, release)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -19,10 +20,13 @@ from .build import install, source_for
 from .collection import Selftest, read_list, select
 from .runner import GUEST_MEMORY_MB, GUEST_VCPUS, Pool, default_jobs
 
+if TYPE_CHECKING:
+    from _pytest._code.code import TerminalRepr, TracebackStyle
+
 FLAKY = ("ksft", "flaky")
 
 
-def addoptions(group):
+def addoptions(group: pytest.OptionGroup) -> None:
     group.addoption("--ksft", metavar="TARGETS",
                     help="run these kernel selftest collections (comma-separated: net,net/forwarding) "
                          "instead of the files in tests/")
@@ -36,12 +40,12 @@ def addoptions(group):
 
 
 class KsftItem(pytest.Item):
-    def __init__(self, *, test: Selftest, runs: "KsftRuns", **kw):
+    def __init__(self, *, test: Selftest, runs: KsftRuns, **kw):
         super().__init__(**kw)
         self.test, self.runs = test, runs
         self.add_marker(pytest.mark.ksft)
 
-    def runtest(self):
+    def runtest(self) -> None:
         result = self.runs.pool_for(self).result(self.test)
         for n, attempt in enumerate(result.attempts, 1):
             counts: dict[str, int] = {}
@@ -60,12 +64,13 @@ class KsftItem(pytest.Item):
         if result.outcome != "pass":
             raise KsftFailed(result)
 
-    def repr_failure(self, excinfo, style=None):
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: TracebackStyle | None = None) -> str | TerminalRepr:
         if isinstance(excinfo.value, KsftFailed):
             return excinfo.value.describe()
         return super().repr_failure(excinfo)
 
-    def reportinfo(self):
+    def reportinfo(self) -> tuple[os.PathLike[str] | str, int | None, str]:
         return self.path, None, self.name
 
 
@@ -106,7 +111,7 @@ class KsftRuns:
             return kernel_arg
         return "debian:6.12"
 
-    def items(self, session) -> list[KsftItem]:
+    def items(self, session) -> list[pytest.Item]:
         self.installed = install(source_for(self.source_spec()), self.targets)
         tests = select(read_list(self.installed.list_text, str(self.installed.path / "kselftest-list.txt")),
                        self.targets)
@@ -114,6 +119,7 @@ class KsftRuns:
 
     def pool_for(self, item: KsftItem) -> Pool:
         if self.pool is None:
+            assert self.installed is not None  # items() installed the selftests first
             harness = self.harness
             harness.ensure_ready()
             jobs = self.config.getoption("ksft_jobs") or default_jobs(GUEST_VCPUS, GUEST_MEMORY_MB, os.cpu_count() or 1,
@@ -133,7 +139,7 @@ def _available_mb() -> int:
     return 1024
 
 
-def report_teststatus(report):
+def report_teststatus(report: pytest.TestReport | pytest.CollectReport) -> tuple[str, str, str] | None:
     if report.when == "call" and report.passed and FLAKY in getattr(report, "user_properties", ()):
         return "flaky", "~", "FLAKY"
     return None

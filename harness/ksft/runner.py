@@ -142,7 +142,7 @@ class Pool:
         self.wall_s: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------
-    def start(self, tests: list[Selftest]):
+    def start(self, tests: list[Selftest]) -> None:
         ordered = longest_first(tests, _load_times() if self.times is None else self.times)
         self._queue.extend(ordered)
         self._done.update({t.id: threading.Event() for t in ordered})
@@ -156,7 +156,7 @@ class Pool:
         self._done[test.id].wait()
         return self.results[test.id]
 
-    def close(self):
+    def close(self) -> None:
         self._closing = True
         with self._lock:
             self._queue.clear()
@@ -171,7 +171,7 @@ class Pool:
             if self.times is None:
                 _save_times({r.test.id: sum(a.seconds for a in r.attempts) for r in self.results.values()})
 
-    def write_json(self, path: Path):
+    def write_json(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         counts = collections.Counter(r.outcome for r in self.results.values())
         write_atomic(path, json.dumps({

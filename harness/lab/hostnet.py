@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 from pyroute2 import IPRoute, netns
@@ -45,6 +46,20 @@ class HostNetError(HarnessError):
     pass
 
 
+def lab_id_of(name: str) -> str | None:
+    """The lab id in a host object's name (``nh<lab id><short>``), or None."""
+    m = _OURS.match(name)
+    return m.group(1) if m else None
+
+
+def host_objects(lab_id: str | None = None) -> set[str]:
+    """Host links and namespaces named by a lab (``lab_id``'s, or any lab's)."""
+    with IPRoute() as ipr:
+        names = {link.get_attr("IFLA_IFNAME") or "" for link in ipr.link("dump")}
+    names |= set(netns.listnetns())
+    return {n for n in names if lab_id_of(n) is not None and lab_id in (None, lab_id_of(n))}
+
+
 def _silence_ipv6(ifname: str):
     """No router solicitations or DAD from a lab link in the root namespace."""
     try:
@@ -61,7 +76,7 @@ class HostNamespace(Endpoint):
         self.short = short    # its name in the topology
         self.name = f"host/{short}"
 
-    def spawn(self, command: str) -> "HostJob":
+    def spawn(self, command: str) -> HostJob:
         """Start ``command`` in the namespace; returns at once (like Guest.spawn)."""
         return HostJob(subprocess.Popen(["ip", "netns", "exec", self.netns, "sh", "-c", command],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE), self.name)
@@ -93,7 +108,7 @@ class HostJob:
                                f"{out.decode(errors='replace')[-2000:]}") from None
         return Result(self.proc.returncode, out, err)
 
-    def kill(self):
+    def kill(self) -> None:
         self.proc.kill()
 
     @property
@@ -182,7 +197,7 @@ class HostNet:
         create_namespace(name)
         tag = self.tag
 
-        def setup(ipr):
+        def setup(ipr: IPRoute) -> None:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up", ifalias=tag)
             for key in ("all", "default"):  # the namespace is ours: keep it quiet
                 Path(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6").write_text("1")
@@ -208,7 +223,7 @@ class HostNet:
             self.ipr.link("set", index=host_index, mtu=mtu)
         self.ipr.link("set", index=host_index, master=self._index(bridge), state="up")
 
-        def inside(ipr):
+        def inside(ipr: IPRoute) -> None:
             index = ipr.link_lookup(ifname=tmp_end)[0]
             ipr.link("set", index=index, ifname=ifname)
             if mtu:
@@ -221,11 +236,11 @@ class HostNet:
         in_netns(ns.netns, inside)
         return host_end
 
-    def add_route(self, ns: HostNamespace, to: str, via: str):
+    def add_route(self, ns: HostNamespace, to: str, via: str) -> None:
         in_netns(ns.netns, lambda ipr: ipr.route(
             "add", dst="0.0.0.0/0" if to == "default" else to, gateway=via))
 
-    def sysctl(self, ns_name: str, key: str, value: str):
+    def sysctl(self, ns_name: str, key: str, value: str) -> None:
         """A sysctl inside one of the lab's namespaces (never the host's)."""
         path = Path("/proc/sys") / key.replace(".", "/")
         in_netns(ns_name, lambda ipr: path.write_text(value))
@@ -259,7 +274,7 @@ class HostNet:
         return {"links": links, "namespaces": {short: ns.netns for short, ns in namespaces.items()}}
 
     # -- teardown -----------------------------------------------------------------
-    def teardown(self):
+    def teardown(self) -> None:
         if os.getpid() != self.owner:
             return  # a forked copy of the owner unwinding its stack: not ours to remove
         # A fresh socket: a failure during setup may have left self.ipr
@@ -328,7 +343,7 @@ def _link_tag(ipr, name: str) -> tuple[int, str | None] | None:
 
 def _netns_tag(name: str) -> str | None:
     """The alias of namespace ``name``'s loopback (where a lab tags it)."""
-    def read(ipr):
+    def read(ipr: IPRoute) -> str | None:
         links = ipr.link("get", index=ipr.link_lookup(ifname="lo")[0])
         return links[0].get_attr("IFLA_IFALIAS") if links else None
     try:
@@ -350,7 +365,8 @@ def _ours(tag_text: str | None, lab_id: str, owner: tuple[int, int | None] | Non
     return owner is None or ((tag[1], tag[2]) == owner and tag[3] == home())
 
 
-def remove_objects(objects, lab_id: str, owner: tuple[int, int | None] | None, untagged_ours: bool = True):
+def remove_objects(objects: Iterable[tuple[str, str]], lab_id: str, owner: tuple[int, int | None] | None,
+                   untagged_ours: bool = True) -> None:
     """Remove a lab's recorded objects, those that are still its own:
     a name another run (or anything else) holds now is left alone."""
     ipr = IPRoute()
@@ -390,7 +406,7 @@ def reap_stale_labs() -> list[str]:
             reaped.append(registry.stem)
         reap_temp([LABS_DIR])  # half-made registries of dead runs
 
-    def dead_owner(name: str, tag_text: str | None):
+    def dead_owner(name: str, tag_text: str | None) -> tuple[int, int | None] | None:
         """(pid, start) of a stray's dead owner, or None when it is not a stray."""
         m = _OURS.match(name)
         if m is None or (LABS_DIR / f"{m.group(1)}.json").exists():
@@ -404,8 +420,8 @@ def reap_stale_labs() -> list[str]:
         links = [(link.get_attr("IFLA_IFNAME") or "", link.get_attr("IFLA_IFALIAS")) for link in ipr.link("dump")]
     strays = [("link", name, dead_owner(name, alias)) for name, alias in links]
     strays += [("netns", n, dead_owner(n, _netns_tag(n))) for n in netns.listnetns() if _OURS.match(n)]
-    for kind, name, owner in strays:
-        if owner is not None:  # the tag is read again there: removed only if it still names that owner
-            remove_objects([(kind, name)], name[len(PREFIX):len(PREFIX) + 4], owner, untagged_ours=False)
+    for kind, name, dead in strays:
+        if dead is not None:  # the tag is read again there: removed only if it still names that owner
+            remove_objects([(kind, name)], name[len(PREFIX):len(PREFIX) + 4], dead, untagged_ours=False)
             reaped.append(name)
     return reaped

@@ -9,6 +9,7 @@ import shlex
 from typing import Protocol
 
 from ..endpoint import Endpoint
+from ..vm.console import Job
 from ..vm.contracts import Hypervisor
 from ..vm.guest import LOCAL, Guest
 from .hostnet import HostNamespace, HostNet
@@ -64,10 +65,10 @@ class Container(Endpoint):
     def _wrap(self, command: str) -> str:
         return f"ip netns exec {shlex.quote(self.netns)} sh -c {shlex.quote(command)}"
 
-    def spawn(self, command: str):
+    def spawn(self, command: str) -> Job:
         return self.guest.spawn(self._wrap(command))
 
-    def dump(self, patterns: list[str]):
+    def dump(self, patterns: list[str]) -> Job:
         return self.guest.dump(patterns, netns=self.netns)
 
     def __repr__(self):
@@ -102,7 +103,7 @@ class LocalHost:
     def namespace(self, netns: str, short: str) -> Endpoint:
         return HostNamespace(netns, short)
 
-    def teardown(self):
+    def teardown(self) -> None:
         if self.net is not None:
             self.net.teardown()
             self.net = None

@@ -4,7 +4,7 @@
     with lab:
         lab.container("g1", "client").check("curl -s http://10.77.2.1/")
 
-Data flows one way: the model (harness.model) says what to build; hostnet
+Data flows one way: the model (harness.lab.model) says what to build; hostnet
 builds the host side; guests boot with NICs on the lab's taps; a generated
 script configures each guest; then every declared address is pinged from its
 segment before up() returns.
@@ -64,7 +64,7 @@ class Lab:
         self._kernels: dict[str, Kernel] = {}  # guest name -> its kernel, resolved once
 
     @classmethod
-    def from_yaml(cls, path, **kw) -> "Lab":
+    def from_yaml(cls, path, **kw) -> Lab:
         return cls(model.load(path), **kw)
 
     # -- access -----------------------------------------------------------------
@@ -103,7 +103,7 @@ class Lab:
             return self.container(parts[0], parts[1])
         return self.guest(parts[0])
 
-    def nested(self, guest: str) -> "Lab":
+    def nested(self, guest: str) -> Lab:
         """The lab that guest ``guest`` hosts (its ``nested:`` topology)."""
         try:
             return self.nested_labs[guest]
@@ -127,7 +127,7 @@ class Lab:
     def __exit__(self, *exc):
         self.down()
 
-    def up(self) -> "Lab":
+    def up(self) -> Lab:
         t0 = time.monotonic()
         try:
             self._check_environment()
@@ -157,7 +157,7 @@ class Lab:
         yield
         log.info("lab %s: %s in %.1fs", self.topology.name, what, time.monotonic() - t0)
 
-    def down(self):
+    def down(self) -> None:
         if os.getpid() != self._owner:
             return  # a forked copy of the owner unwinding its stack: not ours to remove
         with teardown_section():
@@ -247,7 +247,7 @@ class Lab:
         errors: list[BaseException] = []
         lab_id = self.lab_id
 
-        def boot(spec: model.Guest):
+        def boot(spec: model.Guest) -> None:
             kernel = self._kernel_for(spec)
             guest = Guest(f"{spec.name}-{lab_id}", kernel, vcpus=spec.vcpus,
                           memory_mb=spec.memory_mb, cmdline=spec.cmdline, accel=self.accel,
@@ -305,7 +305,7 @@ class Lab:
         topo = self.topology
         segments: dict[str, list[tuple[Endpoint, str]]] = {}
 
-        def add(segment, where, address):
+        def add(segment: str, where: Endpoint, address: str | None) -> None:
             if address:
                 segments.setdefault(segment, []).append((where, address.split("/")[0]))
 

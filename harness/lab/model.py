@@ -102,7 +102,7 @@ class Guest:
     containers: tuple[Namespace, ...] = ()
     # a lab inside this guest: it runs libvirtd and QEMU from the host's
     # root and hosts the nested lab's guests, taps, bridges and namespaces
-    nested: "Topology | None" = None
+    nested: Topology | None = None
 
     @property
     def NEEDS(self) -> tuple[str, ...]:
@@ -264,7 +264,7 @@ def _kind(value) -> str:
 
 
 def _check_values(obj, source, path):
-    def bad(field, message):
+    def bad(field: str, message: str) -> typing.NoReturn:
         raise TopologyError(source, f"{path}.{field}" if path else field, message)
 
     if isinstance(obj, Guest) and not NAME.fullmatch(obj.name):
@@ -370,8 +370,8 @@ def _interface(text, source, where):
 def _check_references(topo: Topology):
     src, at = topo.source, topo.path
 
-    def unique(items, path, what):
-        seen = {}
+    def unique(items: typing.Sequence[Guest | Bridge | Namespace], path: str, what: str) -> None:
+        seen: dict[str, int] = {}
         for i, item in enumerate(items):
             if item.name in seen:
                 raise TopologyError(src, f"{at}{path}[{i}].name",
@@ -470,7 +470,7 @@ def _check_host_names(topo: Topology):
     src, at = topo.source, topo.path
     taken: dict[str, str] = {}
 
-    def claim(name: str, where: str, what: str):
+    def claim(name: str, where: str, what: str) -> None:
         if name in taken:
             raise TopologyError(src, where, f"{what} would be named {name!r} on the host, as is "
                                             f"{taken[name]}: rename one")

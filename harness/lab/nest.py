@@ -110,7 +110,7 @@ class GuestHost:
         self._plumbed = False
 
     # -- lifecycle ----------------------------------------------------------------
-    def start(self, *, accel: str, kernels: list[Kernel]):
+    def start(self, *, accel: str, kernels: list[Kernel]) -> None:
         """libvirtd up in the guest, the nest server started; the nested
         guests' accelerator chosen there (KVM only when a probe boots)."""
         if self.guest.accel == "kvm":
@@ -152,7 +152,7 @@ class GuestHost:
                               f"its speed loop in {loop:.2f}s, which predicts a nested boot of "
                               f"{self.predicted_boot_s:.0f}s (over {NESTED_BOOT_BUDGET_S:.0f}s)")
 
-    def teardown(self):
+    def teardown(self) -> None:
         """Everything the server made is removed, and the server ends."""
         if self._server is None:
             return
@@ -185,11 +185,11 @@ class GuestHost:
     def run_dir(self, domain_name: str) -> Path:
         return Path(self.call("mkdir", name=domain_name)["path"])
 
-    def remove_dir(self, path: Path):
+    def remove_dir(self, path: Path) -> None:
         if self._server is not None and self.guest.alive:
             self.call("rmdir", path=str(path))
 
-    def create(self, xml: str) -> "NestedDomain":
+    def create(self, xml: str) -> NestedDomain:
         name = xml.split("<name>", 1)[1].split("</name>", 1)[0]
         self.call("create", name=name, xml=xml)
         return NestedDomain(self, name)
@@ -266,13 +266,13 @@ class NestedDomain:
     def __init__(self, host: GuestHost, name: str):
         self.host, self.name = host, name
 
-    def resume(self):
+    def resume(self) -> None:
         self.host.call("resume", name=self.name)
 
-    def suspend(self):
+    def suspend(self) -> None:
         self.host.call("suspend", name=self.name)
 
-    def destroy(self):
+    def destroy(self) -> None:
         if self.host._server is not None and self.host.guest.alive:
             try:
                 self.host.call("destroy", name=self.name)
@@ -282,7 +282,7 @@ class NestedDomain:
     def vhost_fds(self) -> int:
         return int(self.host.call("vhost_fds", name=self.name)["count"])
 
-    def pin_vcpus(self, vcpus: int, host_cpus: list[int]):
+    def pin_vcpus(self, vcpus: int, host_cpus: list[int]) -> None:
         raise NestError(f"{self.name}: a nested guest's vCPUs are threads of the outer guest; pin those")
 
 

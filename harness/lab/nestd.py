@@ -25,7 +25,9 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TextIO
 
 from ..util import RUN_ROOT, HarnessError
 from ..vm.accel import resolve
@@ -109,7 +111,7 @@ class NestServer:
             raise HarnessError(f"no domain {name} here") from None
 
     # -- the loop ---------------------------------------------------------------
-    def serve(self, requests, replies):
+    def serve(self, requests: Iterable[str], replies: TextIO) -> None:
         try:
             for line in requests:
                 request = json.loads(line)
@@ -127,7 +129,7 @@ class NestServer:
             self.teardown()
 
 
-def main():
+def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="nestd: %(message)s")
     # replies alone on the real stdout: anything else that writes to fd 1
     # (a library's print, a child process) lands on stderr instead

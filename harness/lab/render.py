@@ -92,7 +92,7 @@ def guest_setup(spec: model.Guest, macs: list[str]) -> str:
     q = shlex.quote
     lines = ["set -e"]
     batch: list[str] = []
-    for ni, (nic, mac) in enumerate(zip(spec.nics, macs)):
+    for ni, (nic, mac) in enumerate(zip(spec.nics, macs, strict=False)):
         dev = f"eth{ni}"
         lines += [
             f"d=; for a in /sys/class/net/*/address; do read -r m < \"$a\"; "
@@ -131,7 +131,7 @@ def container_lines(spec: model.Guest) -> list[str]:
                for c in spec.containers}
     guest_side: list[str] = []
 
-    def configure(ns, end):
+    def configure(ns: str, end: model.Link) -> None:
         if end.address:
             ip_in[ns].append(f"addr add {end.address} dev {end.name}")
         if end.qdisc:
@@ -165,7 +165,7 @@ def container_lines(spec: model.Guest) -> list[str]:
         if c.forwarding:
             sysctls[c.name].append("net.ipv4.ip_forward=1")
 
-    def batch(tool, lines):
+    def batch(tool: str, lines: list[str]) -> str:
         return heredoc(f"{tool} -batch -", lines)
 
     out = [batch("ip", root + guest_side)]

@@ -14,6 +14,8 @@ wrong.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import yaml
 
 MAX_BYTES = 1 << 20       # a topology is a few kB
@@ -46,7 +48,7 @@ def decode(data: bytes) -> str:
         raise ReadError(f"line {line}", f"not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
 
 
-def read(text: str):
+def read(text: str) -> Any:
     """The one document in ``text`` as plain data."""
     try:
         _check_shape(text)
@@ -87,7 +89,7 @@ class _Converter:
             raise ReadError(_line(node.start_mark), f"more than {MAX_NODES} values once aliases are "
                                                     "expanded (an alias bomb?)")
 
-    def value(self, node):
+    def value(self, node: yaml.Node) -> Any:
         self._count(1, node)
         if id(node) in self.open:
             raise ReadError(_line(node.start_mark), "an alias refers to a node that contains it (a cycle)")

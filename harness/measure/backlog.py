@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
+from ..endpoint import Endpoint
 from ..kernel.needs import Feature, Version
-from .observe import KThread, snapshot, softnet
+from .observe import KThread, SoftnetRow, snapshot, softnet
+
+if TYPE_CHECKING:
+    from .rps import CpuHog, SteeredVeth
 
 SYSCTL = "/proc/sys/net/core/backlog_threaded"
 SEED_002_PATCH = "images/patches/0001-net-core-add-optional-threading-for-backlog-processing.patch"
@@ -29,12 +35,12 @@ def has_backlog_sysctl(where) -> bool:
     return where.run(f"test -e {SYSCTL}").rc == 0
 
 
-def set_backlog_threaded(where, value: int):
+def set_backlog_threaded(where: Endpoint, value: int) -> None:
     where.check(f"echo {value} > {SYSCTL}")
 
 
 @contextlib.contextmanager
-def backlog_threaded(where):
+def backlog_threaded(where: Endpoint) -> Iterator[None]:
     """net.core.backlog_threaded=1 for the block, 0 after it."""
     set_backlog_threaded(where, 1)
     try:
@@ -47,7 +53,7 @@ MODES = ("softirq", "backlog_threaded")  # how the backlogs are processed
 
 
 @contextlib.contextmanager
-def backlog_mode(where, mode: str):
+def backlog_mode(where: Endpoint, mode: str) -> Iterator[None]:
     """The backlogs processed in ``mode`` for the block: "softirq" (the
     kernel's own default: nothing is switched) or "backlog_threaded"
     (seed 002's sysctl: 1 for the block, 0 after it)."""
@@ -61,7 +67,7 @@ def backlog_mode(where, mode: str):
 
 
 @contextlib.contextmanager
-def max_backlog(where, packets: int):
+def max_backlog(where: Endpoint, packets: int) -> Iterator[None]:
     """net.core.netdev_max_backlog=packets for the block, the old value after."""
     old = where.check("sysctl -n net.core.netdev_max_backlog").stdout.strip()
     where.check(f"sysctl -qw net.core.netdev_max_backlog={packets}")
@@ -84,7 +90,8 @@ def backlog_thread(where, cpu: int) -> KThread:
     return found[0]
 
 
-def hold_mid_round(where, pair, hog, n: int, thread_cpu: int = 2, target_cpu: int = 1):
+def hold_mid_round(where: Endpoint, pair: SteeredVeth, hog: CpuHog, n: int, thread_cpu: int = 2,
+                   target_cpu: int = 1) -> tuple[int, dict[int, SoftnetRow]]:
     """Leave CPU ``target_cpu``'s backlog thread (pinned to the hogged CPU
     ``thread_cpu``) preempted in the middle of a round, owning a non-empty
     process_queue: queue ``n`` packets while it cannot run, then pulse the
@@ -112,6 +119,6 @@ def hold_mid_round(where, pair, hog, n: int, thread_cpu: int = 2, target_cpu: in
     return done, before
 
 
-def pin(where, pid: int, cpu: int):
+def pin(where: Endpoint, pid: int, cpu: int) -> None:
     """Restrict a task (a kernel thread too, unless it is bound) to one CPU."""
     where.check(f"taskset -pc {cpu} {pid} >/dev/null")

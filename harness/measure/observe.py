@@ -63,7 +63,7 @@ class SoftnetRow:
                                  f"(it has {', '.join(values)})")
         raise AttributeError(name)
 
-    def __sub__(self, other: "SoftnetRow") -> "SoftnetRow":
+    def __sub__(self, other: SoftnetRow) -> SoftnetRow:
         return SoftnetRow(self.cpu, {k: v if k in SOFTNET_GAUGES else v - other.values.get(k, 0)
                                      for k, v in self.values.items()})
 
@@ -77,7 +77,7 @@ def parse_softnet(text: str) -> dict[int, SoftnetRow]:
         fields = [int(x, 16) for x in line.split()]
         if len(fields) < 11:
             raise ValueError(f"softnet_stat row with {len(fields)} columns: {line!r}")
-        values = {name: value for name, value in zip(SOFTNET_COLUMNS, fields) if name}
+        values = {name: value for name, value in zip(SOFTNET_COLUMNS, fields, strict=False) if name}
         cpu = values.pop("cpu", position)
         rows[cpu] = SoftnetRow(cpu, values)
     return rows
@@ -93,7 +93,7 @@ class Direction:
     dropped: int = 0
 
     def __sub__(self, other):
-        return Direction(*(a - b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+        return Direction(*(a - b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=False)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +195,7 @@ class Qdisc:
     backlog: int  # gauge: bytes queued
     qlen: int     # gauge: packets queued
 
-    def __sub__(self, other: "Qdisc") -> "Qdisc":
+    def __sub__(self, other: Qdisc) -> Qdisc:
         return dataclasses.replace(self, **{c: getattr(self, c) - getattr(other, c) for c in QDISC_COUNTERS})
 
 
@@ -303,9 +303,9 @@ class Snapshot:
         rows = [i.counts for i in self.irqs if match in i.description]
         if not rows:
             raise KeyError(f"no interrupt line matches {match!r}")
-        return tuple(map(sum, zip(*rows)))
+        return tuple(map(sum, zip(*rows, strict=False)))
 
-    def __sub__(self, before: "Snapshot") -> "Snapshot":
+    def __sub__(self, before: Snapshot) -> Snapshot:
         irqs_before = {i.irq: i for i in before.irqs}
         return Snapshot(
             {cpu: row - before.softnet[cpu] for cpu, row in self.softnet.items() if cpu in before.softnet},
@@ -314,7 +314,8 @@ class Snapshot:
             {dev: [q - b for q in qs if (b := _same_qdisc(before.qdiscs[dev], q)) is not None]
              for dev, qs in self.qdiscs.items() if dev in before.qdiscs},
             self.kthreads, self.sysctls,
-            [Interrupt(i.irq, tuple(a - b for a, b in zip(i.counts, irqs_before[i.irq].counts)), i.description)
+            [Interrupt(i.irq, tuple(a - b for a, b in zip(i.counts, irqs_before[i.irq].counts, strict=False)),
+                       i.description)
              for i in self.irqs if i.irq in irqs_before])
 
 
@@ -399,7 +400,7 @@ class CpuTime:
     busy: int
     total: int
 
-    def __sub__(self, other: "CpuTime") -> "CpuTime":
+    def __sub__(self, other: CpuTime) -> CpuTime:
         return CpuTime(self.busy - other.busy, self.total - other.total)
 
     @property

@@ -113,7 +113,7 @@ class Pktgen:
         return "\n".join(lines)
 
     def start(self, dev: str, *, count: int, threads: int | None = None, first_thread: int = 0,
-              **options) -> "PktgenRun":
+              **options) -> PktgenRun:
         """Start sending ``count`` packets per thread out of ``dev`` (threads
         ``first_thread``..; one per vCPU by default); the options are those
         of script() (pkt_size, burst, clone_skb, dst, dst_mac, xmit_mode,
@@ -147,5 +147,5 @@ class PktgenRun:
         return PktgenResult([parse_result(f"{self.dev}@{t}", texts.get(f"/proc/net/pktgen/{self.dev}@{t}", ""))
                              for t in self.thread_ids])
 
-    def stop(self):
+    def stop(self) -> None:
         self.where.run("echo stop > /proc/net/pktgen/pgctrl")

@@ -14,6 +14,7 @@ or dropped: nothing else is received on the target CPU.
 """
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -34,7 +35,7 @@ class SteeredVeth:
         self.netns = netns  # the receiving end in this (in-guest) namespace, when given
         self.rx_mac = None
 
-    def create(self) -> "SteeredVeth":
+    def create(self) -> SteeredVeth:
         mask = format(1 << self.target_cpu, "x")
         if self.netns:
             rx_side = f"ip netns exec {self.netns} sh -c"
@@ -46,7 +47,8 @@ class SteeredVeth:
                 f"ip link add {self.tx} type veth peer name {self.rx} netns {self.netns}"
                 f" && ip link set {self.tx} up && {rx_side} 'ip link set {self.rx} up && "
                 f"echo {mask} > /sys/class/net/{self.rx}/queues/rx-0/rps_cpus'")
-            self.rx_mac = self.where.check(f"ip -n {self.netns} -br link show {self.rx}").stdout.split()[2]
+            shown = self.where.check(f"ip -j -n {self.netns} link show {self.rx}").stdout
+            self.rx_mac = json.loads(shown)[0]["address"]
         else:
             self.where.check(
                 f"ip link add {self.tx} type veth peer name {self.rx} && ip link set {self.tx} up && "
@@ -67,7 +69,7 @@ class SteeredVeth:
         assert self.rx_mac is not None, "inject() before create()"
         return send_from(self.where, self.tx, self.rx_mac, count, cpu=self.sender_cpu, timeout=timeout)
 
-    def delete(self):
+    def delete(self) -> None:
         """Remove the pair (and its namespace): leaves the guest as it was."""
         if self.netns:
             self.where.run(f"ip netns del {self.netns}")
@@ -107,7 +109,7 @@ class CpuHog:
         self._old_runtime: str | None = None
         self._old_job_cpus: str | None = None
 
-    def start(self) -> "CpuHog":
+    def start(self) -> CpuHog:
         state = self.where.check(f"sysctl -n kernel.sched_rt_runtime_us; cat /sys/devices/system/cpu/online; "
                                  f"cat {JOB_CPUS} 2>/dev/null || echo all").stdout.split()
         self._old_runtime, online, self._old_job_cpus = state
@@ -133,11 +135,11 @@ class CpuHog:
         self.pid = int(bytes(self.job.stdout).split()[1])
         return self
 
-    def pulse(self):
+    def pulse(self) -> None:
         """Let the CPU's waiting tasks run for about pulse_us."""
         self.where.check(f"kill -USR1 {self.pid}")
 
-    def stop(self):
+    def stop(self) -> None:
         """Stop the hog (if it still runs) and restore RT throttling."""
         if self.job is not None and self.job.running:
             self.where.run(f"kill {self.pid}" if self.pid else "true")

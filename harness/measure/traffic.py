@@ -21,6 +21,7 @@ import json
 import re
 import socket
 import time
+from typing import Any
 
 from ..netns import in_netns_call
 from ..util import HarnessError
@@ -166,7 +167,7 @@ def parse_wrk(text: str) -> HttpResult:
     errors = _WRK_ERRORS.search(text)
     non2xx = _WRK_NON2XX.search(text)
     return HttpResult(int(requests.group(1)), seconds, float(rps.group(1)),
-                      dict(zip(("connect", "read", "write", "timeout"), map(int, errors.groups())))
+                      dict(zip(("connect", "read", "write", "timeout"), map(int, errors.groups()), strict=False))
                       if errors else {"connect": 0, "read": 0, "write": 0, "timeout": 0},
                       int(non2xx.group(1)) if non2xx else 0)
 
@@ -198,13 +199,13 @@ class Capture:
     def __init__(self, ifname: str, *, netns: str | None = None, pcap=None, bpf: str | None = None):
         self.ifname, self.netns, self.pcap, self.bpf = ifname, netns, pcap, bpf
         self.packets: list = []
-        self._sniffer = None
+        self._sniffer: Any = None  # scapy's AsyncSniffer while capturing
 
     def __enter__(self):
         from scapy.config import conf
         from scapy.sendrecv import AsyncSniffer
 
-        def listen():
+        def listen() -> Any:
             return conf.L2listen(iface=self.ifname, filter=self.bpf)
         sock = in_netns_call(self.netns, listen) if self.netns else listen()
         self._sniffer = AsyncSniffer(opened_socket=sock, store=True)

@@ -66,7 +66,7 @@ def connect_unix(path: Path, timeout: float = 10.0) -> socket.socket:
         except (FileNotFoundError, ConnectionRefusedError):
             s.close()
             if time.monotonic() > deadline:
-                raise GuestError(f"cannot connect to {path}")
+                raise GuestError(f"cannot connect to {path}") from None
             time.sleep(0.01)
 
 
@@ -297,7 +297,7 @@ class ConsoleLog:
     def __len__(self):
         return self._count
 
-    def close(self):
+    def close(self) -> None:
         _close_reader(self._sock, self._thread)
 
 
@@ -305,7 +305,7 @@ class _Output:
     """One of a job's output streams, bounded: OUTPUT_KEPT bytes in memory
     (``data``), then up to OUTPUT_SPILLED more in a file, then cut."""
 
-    def __init__(self, job: "Job", name: str):
+    def __init__(self, job: Job, name: str):
         self.job, self.name = job, name
         self.data = bytearray()
         self.total = 0
@@ -332,7 +332,7 @@ class _Output:
         self.close(cut=True)
         return False
 
-    def close(self, cut: bool = False):
+    def close(self, cut: bool = False) -> None:
         if self._spill is not None:
             if cut:
                 self._spill.write(f"\n--- harness: cut here, after {self.total} bytes ---\n".encode())
@@ -352,7 +352,7 @@ class _Output:
 class Job:
     """One command running in the guest."""
 
-    def __init__(self, channel: "AgentChannel", job_id: int, command: str, console_line: int = 0):
+    def __init__(self, channel: AgentChannel, job_id: int, command: str, console_line: int = 0):
         self.channel = channel
         self.id = job_id
         self.command = command
@@ -374,7 +374,7 @@ class Job:
     def stderr(self) -> bytearray:
         return self._err.data
 
-    def output(self, kind: str, payload: bytes):
+    def output(self, kind: str, payload: bytes) -> None:
         """Output that arrived for the job (the reader thread)."""
         if self.on_output is not None:
             self.on_output(kind, payload)
@@ -385,7 +385,7 @@ class Job:
             self.flood = stream
             self.kill_soon()
 
-    def finish(self, rc: int | None = None, error: str | None = None):
+    def finish(self, rc: int | None = None, error: str | None = None) -> None:
         if rc is not None:
             self.rc = rc
         if error is not None and self.error is None:
@@ -426,10 +426,10 @@ class Job:
                                f"--- console (tail) ---\n{self.channel.console_tail()}")
         return Result(self.rc if self.rc is not None else -1, bytes(self.stdout), bytes(self.stderr))
 
-    def kill(self):
+    def kill(self) -> None:
         self.channel.send(self.id, b"K", b"")
 
-    def kill_soon(self):
+    def kill_soon(self) -> None:
         """kill() from the reader thread: in a thread of its own, since a
         send can wait for the guest, which may be waiting for the reader."""
         threading.Thread(target=self.kill, name=f"kill:{self.id}", daemon=True).start()
@@ -442,7 +442,7 @@ class Job:
 class AgentChannel:
     """Frames over the agent's unix socket; a reader thread demultiplexes jobs."""
 
-    def __init__(self, sock: socket.socket, name: str, console: "ConsoleLog | None" = None):
+    def __init__(self, sock: socket.socket, name: str, console: ConsoleLog | None = None):
         self.name = name
         self.console = console
         self.splat_grace_s = 5.0     # a command may go on this long after a splat
@@ -489,7 +489,7 @@ class AgentChannel:
     def ready(self) -> bool:
         return self._hello.is_set() and not self._dead
 
-    def send(self, job_id: int, kind: bytes, payload: bytes):
+    def send(self, job_id: int, kind: bytes, payload: bytes) -> None:
         with self._send_lock:
             try:
                 self._sock.sendall(HEADER.pack(job_id, len(payload), kind[0]) + payload)
@@ -525,16 +525,16 @@ class AgentChannel:
         job.keep_output = False
         return job
 
-    def send_input(self, job: Job, data: bytes):
+    def send_input(self, job: Job, data: bytes) -> None:
         """Keystrokes for a ``T`` job, bytes for an ``S`` job's stdin."""
         for at in range(0, len(data), 1 << 16):  # the agent takes frames under 1 MiB
             self.send(job.id, b"I", data[at:at + (1 << 16)])
 
-    def close_input(self, job: Job):
+    def close_input(self, job: Job) -> None:
         """End of an ``S`` job's stdin."""
         self.send(job.id, b"I", b"")
 
-    def resize(self, job: Job, rows: int, cols: int):
+    def resize(self, job: Job, rows: int, cols: int) -> None:
         self.send(job.id, b"W", f"{rows} {cols}".encode())
 
     def ping(self, timeout: float = 10.0) -> float:
@@ -549,7 +549,7 @@ class AgentChannel:
         job.wait(timeout)
         return time.monotonic() - t0
 
-    def fail(self, reason: str):
+    def fail(self, reason: str) -> None:
         """The guest is gone: every waiting job ends with ``reason``."""
         with self._jobs_lock:
             if self._dead is None:
@@ -642,5 +642,5 @@ class AgentChannel:
             job.stderr.extend(payload[:OUTPUT_KEPT])
             job.finish(rc=127)
 
-    def close(self):
+    def close(self) -> None:
         _close_reader(self._sock, self._thread)

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -46,7 +47,7 @@ class BootWedged(GuestError):
         self.log_path = log_path
 
 
-def libvirt_conn():
+def libvirt_conn() -> Any:
     """The process's connection to the system libvirtd."""
     global _libvirt_conn
     import libvirt
@@ -107,17 +108,17 @@ class Domain:
     def __init__(self, dom):
         self._dom = dom
 
-    def resume(self):
+    def resume(self) -> None:
         import libvirt
         if self._dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
             self._dom.resume()
 
-    def suspend(self):
+    def suspend(self) -> None:
         import libvirt
         if self._dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
             self._dom.suspend()
 
-    def destroy(self):
+    def destroy(self) -> None:
         import libvirt
         try:
             self._dom.destroy()
@@ -130,7 +131,7 @@ class Domain:
         queue pair on vhost-net)."""
         return vhost_fds(int(Path(f"/run/libvirt/qemu/{self._dom.name()}.pid").read_text()))
 
-    def pin_vcpus(self, vcpus: int, host_cpus: list[int]):
+    def pin_vcpus(self, vcpus: int, host_cpus: list[int]) -> None:
         total = os.cpu_count() or 1
         for i in range(vcpus):
             self._dom.pinVcpu(i, tuple(c == host_cpus[i % len(host_cpus)] for c in range(total)))
@@ -159,7 +160,7 @@ class LocalHypervisor:
     def run_dir(self, domain_name: str) -> Path:
         return run_dir(domain_name)
 
-    def remove_dir(self, path: Path):
+    def remove_dir(self, path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
     def create(self, xml: str) -> Domain:
@@ -170,7 +171,7 @@ class LocalHypervisor:
         except libvirt.libvirtError as e:
             raise HarnessError(f"libvirt could not start the guest: {e}") from None
 
-    def connect(self, path: Path):
+    def connect(self, path: Path) -> socket.socket:
         return connect_unix(path)
 
 
@@ -275,7 +276,7 @@ class Guest(Endpoint):
                                        modules=modules,
                                        venv=venv, keep=[str(REPO), venv, modules], extra=self.extra_cmdline))
 
-    def start(self) -> "Guest":
+    def start(self) -> Guest:
         t0 = time.monotonic()
         try:
             self._boot()
@@ -381,14 +382,14 @@ class Guest(Endpoint):
         except GuestError:
             return False
 
-    def retire(self, reason: str):
+    def retire(self, reason: str) -> None:
         """Stop a guest that can no longer serve tests; jobs still waiting
         on it end with ``reason``."""
         if self.agent is not None:
             self.agent.fail(reason)
         self.stop()
 
-    def stop(self):
+    def stop(self) -> None:
         """Destroy the domain and remove its files; safe to call twice."""
         if os.getpid() != self._owner:
             return  # a forked copy of the owner (e.g. a pyroute2 helper) exiting
@@ -454,20 +455,20 @@ class Guest(Endpoint):
         return self._asked[probe]
 
     # -- libvirt controls -----------------------------------------------------
-    def pause(self):
+    def pause(self) -> None:
         """Stop the vCPUs (libvirt suspend): the guest consumes nothing, and
         QEMU stops reading its taps."""
         self._dom.suspend()
 
-    def resume(self):
+    def resume(self) -> None:
         self._dom.resume()
 
-    def pin_vcpus(self, host_cpus: list[int]):
+    def pin_vcpus(self, host_cpus: list[int]) -> None:
         """vCPU i runs on host CPU host_cpus[i % len(host_cpus)]."""
         self._dom.pin_vcpus(self.vcpus, host_cpus)
 
     @property
-    def domain(self):
+    def domain(self) -> Any:
         return self._dom
 
     # -- console --------------------------------------------------------------

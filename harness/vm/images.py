@@ -110,7 +110,7 @@ def module_load_order(modules_dir: Path, names) -> list[Path]:
         by_name[_module_name(path)] = path
     order: list[str] = []
 
-    def visit(path):
+    def visit(path: str) -> None:
         if path in order:
             return
         for d in reversed(dep.get(path, [])):  # modules.dep lists the nearest last
@@ -162,7 +162,7 @@ def stage1_modules(kernel: Kernel) -> list[Path]:
     return module_load_order(kernel.modules_dir, needed)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hot_files() -> tuple[Path, ...]:
     """Real paths of HOT_PROGRAMS, their shared libraries and the loader."""
     found: set[str] = set(p for p in HOT_FILES if os.path.exists(p))
@@ -216,7 +216,7 @@ def _build_initramfs(kernel: Kernel) -> Path:
         files["hot" + str(path)] = (path, path.stat().st_mode & 0o777)
     files["hot.list"] = ("\n".join(map(str, hot)).encode() + b"\n", 0o644)
 
-    def identity(item):
+    def identity(item: tuple[Path | bytes, int]) -> bytes:
         src, mode = item
         if isinstance(src, bytes):
             return src + str(mode).encode()

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from harness.lab.hosts import Container
 from harness.vocab import wait_gone
 from harness.measure.traffic import tcp_stream
 
@@ -39,28 +40,20 @@ def gone_within(guest, limit):
     return wait_gone(guest, "dfc", timeout=limit)
 
 
-class Server:
-    def __init__(self, guest):
-        self.guest = guest
-
-    def spawn(self, command):
-        return self.guest.spawn(f"ip netns exec {NS} sh -c {command!r}")
-
-
 @pytest.mark.needs("CONFIG_VETH", "CONFIG_NET_NS", "CONFIG_RPS")
 @pytest.mark.guest(vcpus=2)
 @pytest.mark.parametrize("defer_max", ["default", "0"])
 def test_defer_free_tcp_stream_with_rfs(guest, rfs_pair, defer_max):
     value = rfs_pair if defer_max == "default" else defer_max
     guest.check(f"sysctl -qw net.core.skb_defer_max={value}")
-    stream = tcp_stream(Server(guest), guest, "10.77.9.2", seconds=3)
+    stream = tcp_stream(Container(guest, NS), guest, "10.77.9.2", seconds=3)
     assert stream.bits_per_second > 0 and stream.bytes > 0
 
 
 @pytest.mark.needs("CONFIG_VETH", "CONFIG_NET_NS", "CONFIG_RPS")
 @pytest.mark.guest(vcpus=2)
 def test_defer_free_namespace_deleted_under_stream(guest, rfs_pair):
-    server = Server(guest).spawn("exec iperf3 -s -1 -B 10.77.9.2")
+    server = Container(guest, NS).spawn("exec iperf3 -s -1 -B 10.77.9.2")
     time.sleep(0.5)
     client = guest.spawn("iperf3 -c 10.77.9.2 -t 30")
     time.sleep(2.0)

@@ -36,28 +36,24 @@ def run_and_account(where, dev, threads, leaves):
     return result
 
 
-def test_lockless_qdisc_mq_pfifo_fast_multiqueue_virtio(lab):
+def test_lockless_qdisc_mq_pfifo_fast_multiqueue_virtio(lab, defer):
     g1 = lab("single-mq").guest("g1")
     ncpu = int(g1.check("nproc").stdout)
     queues = snapshot(g1).nic("eth0").queues
     g1.check("tc qdisc replace dev eth0 root handle 1: mq && "
              + " && ".join(f"tc qdisc replace dev eth0 parent 1:{q + 1:x} pfifo_fast" for q in range(queues)))
-    try:
-        result = run_and_account(g1, "eth0", ncpu, [f"1:{q + 1:x}" for q in range(queues)])
-    finally:
-        g1.check("tc qdisc del dev eth0 root")
+    defer(g1.check, "tc qdisc del dev eth0 root")
+    result = run_and_account(g1, "eth0", ncpu, [f"1:{q + 1:x}" for q in range(queues)])
     assert len(result.threads) == ncpu
 
 
 @pytest.mark.needs("CONFIG_VETH")
-def test_lockless_qdisc_pfifo_fast_single_queue(guest):
+def test_lockless_qdisc_pfifo_fast_single_queue(guest, defer):
     ncpu = int(guest.check("nproc").stdout)
     guest.check("ip link add lq0 type veth peer name lq1 && ip link set lq0 up && ip link set lq1 up && "
                 "tc qdisc replace dev lq0 root handle 1: pfifo_fast")
-    try:
-        run_and_account(guest, "lq0", ncpu, [None])
-    finally:
-        guest.run("ip link del lq0")
+    defer(guest.run, "ip link del lq0")
+    run_and_account(guest, "lq0", ncpu, [None])
 
 
 # Measured (tools/bench-lockless): four vCPUs on two host cores catch the

@@ -16,6 +16,7 @@ import pytest
 
 from harness.measure.observe import snapshot
 from harness.measure.traffic import send_from
+from harness.vocab import delta
 
 # the outer guest's kernel (the session's) holds the taps and vhost-net
 pytestmark = [pytest.mark.slow, pytest.mark.needs("CONFIG_TUN", "CONFIG_BRIDGE", "CONFIG_NET_NS", "CONFIG_VETH")]
@@ -76,7 +77,7 @@ def test_nested_frames_through_vhost_counted_exactly_on_both_levels(nested):
         out_sent, out_refused = send_from(n1, "eth0", mac_of(peer, "p0"), 2000)
         back_sent, back_refused = send_from(peer, "p0", mac_of(n1, "eth0"), 2000)
         time.sleep(1)  # what vhost and the guest still hold
-        d = {k: snapshot(w) - before[k] for k, w in (("n1", n1), ("host1", host1), ("peer", peer))}
+        d = delta(before, {"n1": snapshot(n1), "host1": snapshot(host1), "peer": snapshot(peer)})
 
     assert out_sent + out_refused == 2000 and back_sent + back_refused == 2000
     assert out_sent > 0 and back_sent > 0

@@ -14,6 +14,7 @@ from harness.measure.backlog import BACKLOG_NAPI
 from harness.measure.observe import snapshot
 from harness.measure.rps import CpuHog, SteeredVeth
 from harness.measure.traffic import send_frames
+from harness.measure.backlog import max_backlog
 from harness.vocab import counting, delta
 
 TUN_RING = Path(__file__).parent / "guest" / "tun_ring.py"
@@ -93,23 +94,18 @@ def test_ring_drops_guest_tun_resized_while_full(guest, resize_to):
 
 @pytest.mark.needs(SteeredVeth, BACKLOG_NAPI)
 @pytest.mark.guest(vcpus=2, cmdline="thread_backlog_napi")
-def test_ring_drops_backlog_overflow_counted_exactly(guest):
+def test_ring_drops_backlog_overflow_counted_exactly(guest, defer):
     """A small netdev_max_backlog, RPS to CPU 1 whose backlog thread is kept
     off the CPU by a SCHED_FIFO hog: the backlog overflows; softnet_stat's
     dropped on CPU 1 equals the device's rx_dropped and pktgen's errors (veth
     returns NET_XMIT_DROP), and every packet pktgen got out is processed."""
     pair = SteeredVeth(guest, target_cpu=1, sender_cpu=0).create()
-    old = guest.check("sysctl -n net.core.netdev_max_backlog").stdout.strip()
-    guest.check("sysctl -qw net.core.netdev_max_backlog=100")
-    try:
-        with counting(guest) as d:
-            hog = CpuHog(guest, 1, 4).start()
-            result = pair.send(50_000)
-            hog.wait(30)
-            time.sleep(0.5)
-    finally:
-        guest.check(f"sysctl -qw net.core.netdev_max_backlog={old}")
-        pair.delete()
+    defer(pair.delete)
+    with max_backlog(guest, 100), counting(guest) as d:
+        hog = CpuHog(guest, 1, 4).start()
+        result = pair.send(50_000)
+        hog.wait(30)
+        time.sleep(0.5)
     cpu1 = d.softnet[1]
     assert cpu1.dropped > 0, "the backlog never overflowed"
     assert cpu1.dropped == d.link(pair.rx).rx.dropped

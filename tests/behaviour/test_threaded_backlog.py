@@ -7,7 +7,7 @@ needs no IPI.  Seed 002 (``net.core.backlog_threaded``, threads
 ``napi/backlog-N``): the same, switched at run time.
 
 Traffic: pktgen on CPU 0 into a veth pair whose receiving end steers every
-packet to CPU 1's backlog (harness.rps).  Exact accounting: every packet sent
+packet to CPU 1's backlog (harness.measure.rps).  Exact accounting: every packet sent
 is processed or dropped, and nothing else is received.
 """
 import pytest

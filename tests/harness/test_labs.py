@@ -1,5 +1,6 @@
 """Shipped topologies come up, talk where they should and only there, and
 leave nothing behind (issue 3)."""
+import json
 import os
 import re
 import signal
@@ -13,23 +14,18 @@ from pyroute2 import IPRoute
 from harness.invocation import inherited, pytest_argv
 
 from harness.vm.guest import libvirt_conn, reap_stale_guests
-from harness.lab.hostnet import reap_stale_labs
+from harness.lab.hostnet import host_objects, reap_stale_labs
 from harness.lab.lab import Lab, LabError
+from harness.lab.topo import Topo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-OURS = re.compile(r"^nh([0-9a-f]{4})")
 
 
 def lab_objects(lab_id=None):
     """Host links, namespaces and domains that carry a lab prefix."""
-    def mine(name):
-        m = OURS.match(name)
-        return m is not None and (lab_id is None or m.group(1) == lab_id)
-    links = {n for n in os.listdir("/sys/class/net") if mine(n)}
-    netns = {n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else []) if mine(n)}
     doms = {d.name() for d in libvirt_conn().listAllDomains()
             if lab_id is None or d.name().endswith(f"-{lab_id}")}
-    return links | netns | doms
+    return host_objects(lab_id) | doms
 
 
 def tcp_transfer(server, client, address, nbytes=1 << 20, port=5001):
@@ -44,10 +40,14 @@ def tcp_transfer(server, client, address, nbytes=1 << 20, port=5001):
     return int(sink.wait(60).stdout)
 
 
-def up_fails_leaving_nothing(harness, path, error=Exception, match=None):
-    """Lab.up() on ``path`` raises ``error`` matching ``match`` and leaves no
+def new_lab(harness, topo: Topo) -> Lab:
+    return Lab(topo.build(), kernel=harness.kernel, accel=harness.accel, log_dir=harness.log_dir)
+
+
+def up_fails_leaving_nothing(harness, topo: Topo, error=Exception, match=None):
+    """Lab.up() of ``topo`` raises ``error`` matching ``match`` and leaves no
     prefixed link, namespace or domain behind.  Returns the error text."""
-    lab = Lab.from_yaml(path, kernel=harness.kernel, accel=harness.accel, log_dir=harness.log_dir)
+    lab = new_lab(harness, topo)
     before = lab_objects()
     with pytest.raises(error, match=match) as err:
         lab.up()
@@ -93,7 +93,7 @@ def test_proxy_hops_http_goes_through_the_proxy_only(lab):
     assert tcp_transfer(proxy, client, "10.77.2.1") == 1 << 20
     assert unreachable(client, "10.77.3.2")  # no route around the proxy
     for where, dev in ((client, "c0"), (proxy, "p0"), (proxy, "p1"), (hops.container("g1", "server"), "s0")):
-        assert where.check(f"tc qdisc show dev {dev}").stdout.startswith("qdisc pfifo_fast")
+        assert json.loads(where.check(f"tc -j qdisc show dev {dev}").stdout)[0]["kind"] == "pfifo_fast"
     workers = hops.container("g1", "server").check("ps -C nginx -o args= | grep -c 'worker process'").stdout.strip()
     assert int(workers) == 4  # two nginx (proxy, server), one worker per vCPU each
 
@@ -123,25 +123,19 @@ def test_lab_leaves_the_hosts_own_addresses_and_routes_alone(harness):
     assert lab_objects(lab.lab_id) == set()
 
 
-def test_a_lab_that_fails_mid_setup_leaves_nothing(harness, tmp_path):
-    bad = tmp_path / "fails.yaml"
-    bad.write_text(textwrap.dedent("""
-        name: fails
-        bridges: [{name: br0}]
-        guests:
-          - name: g1
-            sysctls: {net.core.no_such_sysctl: "1"}
-            nics: [{tap: t0, bridge: br0, address: 10.77.9.2/24}]
-    """))
+def test_a_lab_that_fails_mid_setup_leaves_nothing(harness):
+    bad = Topo("fails")
+    br0 = bad.bridge("br0")
+    bad.guest("g1", sysctls={"net.core.no_such_sysctl": "1"}).nic("t0", bridge=br0, address="10.77.9.2/24")
     assert "no_such_sysctl" in up_fails_leaving_nothing(harness, bad)
 
 
-def test_vhost_on_without_the_device_fails_clearly_and_creates_nothing(harness, tmp_path):
+def test_vhost_on_without_the_device_fails_clearly_and_creates_nothing(harness):
     if os.path.exists("/dev/vhost-net"):
         pytest.skip("this host has /dev/vhost-net: the error path needs it missing")
-    path = tmp_path / "vhost.yaml"
-    path.write_text("name: vh\nguests:\n  - name: g1\n    nics: [{tap: t0, vhost: 'on'}]\n")
-    up_fails_leaving_nothing(harness, path, LabError,
+    vh = Topo("vh")
+    vh.guest("g1").nic("t0", vhost="on")
+    up_fails_leaving_nothing(harness, vh, LabError,
                              r"guests\[0\]\.nics\[0\]\.vhost: on, but this host has no /dev/vhost-net")
 
 
@@ -178,26 +172,19 @@ def test_two_labs_side_by_side_and_a_killed_ones_leftovers_are_reaped(lab, pytes
     assert mine.host_ns("peer").check("ping -c1 -W2 10.77.0.2").rc == 0
 
 
-def test_each_guest_can_name_its_own_kernel(harness, tmp_path):
+def test_each_guest_can_name_its_own_kernel(harness):
     """kernel: a path per guest (here the default kernel's image for one guest,
     the default for the other); a bad path fails before anything exists."""
     image = harness.kernel.image
-    path = tmp_path / "kernels.yaml"
-    path.write_text(textwrap.dedent(f"""
-        name: kernels
-        bridges: [{{name: br0}}]
-        guests:
-          - name: g1
-            kernel: {image}
-            nics: [{{tap: t1, bridge: br0, address: 10.77.10.1/24}}]
-          - name: g2
-            nics: [{{tap: t2, bridge: br0, address: 10.77.10.2/24}}]
-    """))
-    lab = Lab.from_yaml(path, kernel=harness.kernel, accel=harness.accel, log_dir=harness.log_dir)
+    kernels = Topo("kernels")
+    br0 = kernels.bridge("br0")
+    kernels.guest("g1", kernel=str(image)).nic("t1", bridge=br0, address="10.77.10.1/24")
+    kernels.guest("g2").nic("t2", bridge=br0, address="10.77.10.2/24")
+    lab = new_lab(harness, kernels)
     with lab:
         assert lab.guest("g1").kernel.image == image
         assert lab.guest("g1").check("ping -c1 -W2 10.77.10.2").rc == 0
-    bad = tmp_path / "badkernel.yaml"
-    bad.write_text("name: badk\nguests:\n  - name: g1\n    kernel: /nonexistent/bzImage\n")
-    up_fails_leaving_nothing(harness, bad, LabError,
-                             r"guests\[0\]\.kernel: --kernel /nonexistent/bzImage: no such file")
+    badk = Topo("badk")
+    badk.guest("g1", kernel="/nonexistent/bzImage")
+    # the error names the topology's field, not a command-line option
+    up_fails_leaving_nothing(harness, badk, LabError, r"guests\[0\]\.kernel: /nonexistent/bzImage: no such file")

@@ -8,6 +8,7 @@ from scapy.packet import Raw
 
 from harness.measure.observe import snapshot
 from harness.measure.traffic import send_frames
+from harness.vocab import delta
 
 
 def test_guest_snapshot_reads_every_part(lab):
@@ -40,10 +41,10 @@ def test_frames_from_the_host_are_counted_exactly_in_the_guest(lab):
         sent = send_frames(tap, [frame], n)
         assert (sent.accepted, sent.refused) == (n, 0), sent.errors
         for _ in range(100):  # the guest reads its queue at TCG speed
-            delta = snapshot(g1) - before
-            if delta.link("eth0").rx.packets >= n:
+            d = delta(before, snapshot(g1))
+            if d.link("eth0").rx.packets >= n:
                 break
             time.sleep(0.1)
         tx_after = ipr.link("get", index=index)[0].get("stats64").get("tx_packets")
-    assert delta.link("eth0").rx.packets == n
+    assert d.link("eth0").rx.packets == n
     assert tx_after - tx_before == n

@@ -34,7 +34,7 @@ class FakeAgent:
         while time.monotonic() < deadline:
             try:
                 data = self.sock.recv(1 << 16)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not data:
                 break

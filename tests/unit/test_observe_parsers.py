@@ -38,7 +38,7 @@ def test_softnet_13_columns():
     assert rows[0].processed == 0xa3f1 and rows[0].dropped == 2 and rows[0].time_squeeze == 7
     assert rows[0].received_rps == 0x11 and rows[1].backlog_len == 3 and rows[1].cpu == 1
     with pytest.raises(MissingCounter, match="input_qlen"):
-        rows[0].input_qlen
+        _ = rows[0].input_qlen
 
 
 def test_softnet_real_6_1_rows():
@@ -46,7 +46,7 @@ def test_softnet_real_6_1_rows():
     assert sorted(rows) == [0, 1] and rows[1].processed == 6 and rows[1].time_squeeze == 1
     assert rows[1].backlog_len == 0
     with pytest.raises(MissingCounter, match="process_qlen"):
-        rows[1].process_qlen
+        _ = rows[1].process_qlen
 
 
 def test_softnet_15_columns():
