@@ -28,8 +28,8 @@ class End:
     address: str | None = None
 
 
-class Container:
-    """A network namespace inside a guest, or one on the lab's host side."""
+class _Node:
+    """A named part of the topology: its plain data, as YAML holds it."""
 
     def __init__(self, data: dict[str, Any]):
         self.data = data
@@ -37,6 +37,14 @@ class Container:
     @property
     def name(self) -> str:
         return self.data["name"]
+
+    def route(self, to: str, via: str) -> _Node:
+        self.data.setdefault("routes", []).append({"to": to, "via": via})
+        return self
+
+
+class Container(_Node):
+    """A network namespace inside a guest, or one on the lab's host side."""
 
     def end(self, ifname: str, address: str | None = None) -> End:
         return End(self, ifname, address)
@@ -47,18 +55,9 @@ class Container:
         self.data.setdefault("links", []).append(_set(name=ifname, peer=peer, address=address, **options))
         return self
 
-    def route(self, to: str, via: str) -> Container:
-        self.data.setdefault("routes", []).append({"to": to, "via": via})
-        return self
 
-
-class GuestNode:
-    def __init__(self, data: dict[str, Any]):
-        self.data = data
-
-    @property
-    def name(self) -> str:
-        return self.data["name"]
+class GuestNode(_Node):
+    """A guest: its NICs, its containers, a lab nested in it."""
 
     def nic(self, tap: str, **options: Any) -> GuestNode:
         """A virtio-net NIC on host tap ``tap`` (queues, vhost, bridge, address, rps, ...)."""
@@ -69,10 +68,6 @@ class GuestNode:
         data = _set(name=name, **options)
         self.data.setdefault("containers", []).append(data)
         return Container(data)
-
-    def route(self, to: str, via: str) -> GuestNode:
-        self.data.setdefault("routes", []).append({"to": to, "via": via})
-        return self
 
     def nested(self, topo: Topo) -> GuestNode:
         """A lab inside this guest."""
