@@ -45,10 +45,31 @@ def _out_dir(args, what: str):
 def cmd_mutants(args: argparse.Namespace) -> int:
     from pathlib import Path
     from .catching.runs import equivalent_file, load_equivalents, run_mutants
-    from .catching.mutants import Patch, mutants
-    patch = Path(args.patch)
-    if not patch.is_file():
-        raise HarnessError(f"--patch {patch}: no such file")
+    from .catching.mutants import Patch, PatchError, mutants, parse_targets, targets_patch
+    out = _out_dir(args, "mutants")
+    targets = [*(args.function or []), *(args.lines or [])]
+    if args.targets:
+        try:
+            targets += parse_targets(Path(args.targets).read_text(), args.targets)
+        except OSError as e:
+            raise HarnessError(f"--targets {args.targets}: {e.strerror}") from None
+    if bool(targets) == bool(args.patch):
+        raise HarnessError("give what to mutate: --patch FILE, or merged code with --function/--lines/--targets")
+    if targets:
+        if args.base_patch:
+            raise HarnessError("--function/--lines/--targets read the pristine source: they take no --base-patch "
+                               "(to mutate a patch's code, give --patch)")
+        try:
+            text = targets_patch(targets, _source(args).read)
+        except PatchError as e:
+            raise HarnessError(str(e)) from None
+        patch = out / "targets.patch"
+        patch.parent.mkdir(parents=True, exist_ok=True)
+        patch.write_text(text)
+    else:
+        patch = Path(args.patch)
+        if not patch.is_file():
+            raise HarnessError(f"--patch {patch}: no such file")
     if args.list:
         found = mutants(Patch.parse(patch.read_text()))
         equivalents = load_equivalents(patch, found)
@@ -59,7 +80,6 @@ def cmd_mutants(args: argparse.Namespace) -> int:
         return 0
     if not args.k:
         raise HarnessError("-k EXPR: the test selection to run on each mutant is required")
-    out = _out_dir(args, "mutants")
     report = run_mutants(_source(args), patch, expr=args.k, out_dir=out, base_patches=args.base_patch,
                          fragments=args.config, deadline_s=args.deadline, only=args.mutant,
                          include_equivalent=args.include_equivalent, keep=args.keep, accel=args.accel,
@@ -315,7 +335,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     bk.add_argument("-j", "--jobs", type=int, help="parallel jobs (default: all CPUs)")
     bk.set_defaults(fn=cmd_build_kernel)
     mu = sub.add_parser("mutants", help="build each mutant of a patch and run a test selection on it")
-    mu.add_argument("--patch", required=True, help="the patch whose added lines are mutated")
+    mu.add_argument("--patch", help="the patch whose added lines are mutated")
+    mu.add_argument("--function", action="append", metavar="FILE:NAME",
+                    help="mutate merged code: this function of the source (repeatable; no patch needed)")
+    mu.add_argument("--lines", action="append", metavar="FILE:A-B",
+                    help="mutate merged code: lines A-B of a file of the source (repeatable)")
+    mu.add_argument("--targets", metavar="FILE",
+                    help="mutate merged code: the FILE:FUNCTION or FILE:A-B lines of FILE (images/seeds/*.targets)")
     mu.add_argument("-k", help="the test selection (pytest -k) run on each mutant")
     mu.add_argument("--mutant", action="append", help="only this mutant (repeatable; see --list)")
     mu.add_argument("--list", action="store_true", help="list the mutants and exit (builds nothing)")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(.*)$")
 _CODE_SUFFIXES = (".c", ".h")
@@ -455,3 +456,96 @@ def parse_equivalent(text: str) -> dict[str, str]:
             raise PatchError(f"line {number}: expected '<file>:<line>:<operator>: <reason>', got {line!r}")
         out[m.group(1)] = m.group(2)
     return out
+
+
+# --- merged code: a function's or a line range's statements as a patch's added lines --------------
+
+_TARGET = re.compile(r"^(?P<file>[\w./+-]+\.[ch]):(?:(?P<a>\d+)-(?P<b>\d+)|(?P<function>\w+))$")
+
+
+def find_function(text: str, name: str, path: str = "") -> tuple[int, int]:
+    """The 1-based first and last lines of C function ``name``'s definition
+    in ``text`` (kernel style: its body's braces at column 0; the first line
+    is the one that names it, a return type on the line above is left out)."""
+    lines = text.split("\n")
+    named = re.compile(rf"^(?:[A-Za-z_][\w\s*]*[\s*])?{re.escape(name)}\s*\(")
+    for i, line in enumerate(lines):
+        if not named.match(line):
+            continue
+        j = i
+        while j < len(lines) and lines[j] != "{":
+            if lines[j].rstrip().endswith(";") or (j > i and lines[j][:1] not in ("", " ", "\t")):
+                break  # a prototype, or the next top-level thing: not a definition
+            j += 1
+        if j == len(lines) or lines[j] != "{":
+            continue
+        for k in range(j + 1, len(lines)):
+            if lines[k].startswith("}"):
+                return i + 1, k + 1
+    raise PatchError(f"{path or 'the file'}: no definition of function {name} (kernel style: "
+                     f"'{name}(...)' at the start of a line, its body between braces at column 0)")
+
+
+def lines_patch(path: str, text: str, ranges: list[tuple[int, int]], context: int = 3) -> str:
+    """A no-op unified diff of ``path`` that removes lines A-B of each range
+    and adds them back unchanged: their statements are then a patch's added
+    lines, so every operator mutates merged code, and applied unmutated it
+    changes nothing.  Ranges are 1-based and inclusive; overlapping or
+    adjacent ones (within the context) become one hunk."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    merged: list[list[int]] = []
+    for a, b in sorted(ranges):
+        if not 1 <= a <= b <= len(lines):
+            raise PatchError(f"{path}:{a}-{b}: outside the file's {len(lines)} lines")
+        if merged and a <= merged[-1][1] + 2 * context + 1:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    out = [f"--- a/{path}", f"+++ b/{path}"]
+    for a, b in merged:
+        before = lines[max(0, a - 1 - context):a - 1]
+        after = lines[b:b + context]
+        body = lines[a - 1:b]
+        start = a - len(before)
+        count = len(before) + len(body) + len(after)
+        out.append(f"@@ -{start},{count} +{start},{count} @@")
+        out += [" " + l for l in before] + ["-" + l for l in body] + ["+" + l for l in body]
+        out += [" " + l for l in after]
+    return "\n".join(out) + "\n"
+
+
+def parse_targets(text: str, source: str) -> list[str]:
+    """A targets file: one ``FILE:FUNCTION`` or ``FILE:A-B`` a line; ``#``
+    starts a comment."""
+    targets = []
+    for n, line in enumerate(text.split("\n"), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if not _TARGET.match(line):
+            raise PatchError(f"{source}:{n}: {line!r}: expected FILE:FUNCTION or FILE:A-B (a .c or .h file)")
+        targets.append(line)
+    return targets
+
+
+def targets_patch(targets: list[str], read: Callable[[str], bytes]) -> str:
+    """One no-op patch over every target (``FILE:FUNCTION`` or ``FILE:A-B``),
+    the files read with ``read`` (a Source's pristine tree)."""
+    texts: dict[str, str] = {}
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    for target in targets:
+        m = _TARGET.match(target)
+        if m is None:
+            raise PatchError(f"{target!r}: expected FILE:FUNCTION or FILE:A-B (a .c or .h file)")
+        path = m.group("file")
+        if path not in texts:
+            try:
+                texts[path] = read(path).decode(errors="replace")
+            except (OSError, KeyError) as e:
+                raise PatchError(f"{target}: cannot read {path} from the source ({e})") from None
+        span = ((int(m.group("a")), int(m.group("b"))) if m.group("function") is None
+                else find_function(texts[path], m.group("function"), path))
+        ranges.setdefault(path, []).append(span)
+    return "".join(lines_patch(path, texts[path], spans) for path, spans in ranges.items())
