@@ -45,7 +45,7 @@ def _out_dir(args, what: str):
 def cmd_mutants(args: argparse.Namespace) -> int:
     from pathlib import Path
     from .catching.runs import equivalent_file, load_equivalents, run_mutants
-    from .catching.mutants import Patch, PatchError, mutants, parse_targets, targets_patch
+    from .catching.mutants import Patch, PatchError, constants_for, mutants, parse_targets, targets_patch
     out = _out_dir(args, "mutants")
     targets = [*(args.function or []), *(args.lines or [])]
     if args.targets:
@@ -60,7 +60,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
             raise HarnessError("--function/--lines/--targets read the pristine source: they take no --base-patch "
                                "(to mutate a patch's code, give --patch)")
         try:
-            text = targets_patch(targets, _source(args).read)
+            text = targets_patch(targets, _source(args).files)
         except PatchError as e:
             raise HarnessError(str(e)) from None
         patch = out / "targets.patch"
@@ -71,7 +71,8 @@ def cmd_mutants(args: argparse.Namespace) -> int:
         if not patch.is_file():
             raise HarnessError(f"--patch {patch}: no such file")
     if args.list:
-        found = mutants(Patch.parse(patch.read_text()))
+        parsed = Patch.parse(patch.read_text())
+        found = mutants(parsed, constants_for(parsed, _source(args).files))
         equivalents = load_equivalents(patch, found)
         for m in found:
             mark = "  (equivalent)" if m.id in equivalents else ""

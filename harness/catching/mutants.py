@@ -2,19 +2,38 @@
 the way real bugs break them.  Pure text handling, no I/O.
 
     patch = Patch.parse(text)
-    for m in mutants(patch):
+    for m in mutants(patch, constants):
         m.id, m.operator, m.describe(), m.render()    # render(): the mutated patch
 
 Operators (on added C lines only; comments, docs, declarations, labels and
-initializer lists are left alone):
+initializer lists are left alone).  Kernel-shaped ones:
 
-- ``delete``      an added statement becomes ``;``
-- ``negate``      an if/while condition, or a boolean assignment, is negated
-- ``drop_jump``   an early return/continue/goto/break becomes ``;``
-- ``flag_zero``   a flag update (``|= X``, ``&= ~X``) becomes ``= 0``
-- ``swap_incdec`` ``++`` becomes ``--`` and back
-- ``no_wait``     an added wait loop ``while (C)`` never runs (``if (0)``)
-- ``const``       an integer literal becomes 0 or 1, true/false swap
+- ``delete``       an added statement becomes ``;``
+- ``drop_release`` the statement deleted is an unlock, a put or a free
+- ``drop_wakeup``  the statement deleted is a wakeup (wake_up, napi_schedule,
+                   raise_softirq, an IPI, complete)
+- ``lock_plain``   a ``_bh``/``_irq``/``_irqsave`` lock or unlock becomes the
+                   plain variant (irqsave keeps its flags valid)
+- ``negate``       an if/while condition, or a boolean assignment, is negated
+- ``drop_jump``    an early return/continue/goto/break becomes ``;``
+- ``flag_zero``    a flag update (``|= X``, ``&= ~X``) becomes ``= 0``
+- ``swap_incdec``  ``++`` becomes ``--`` and back
+- ``no_wait``      an added wait loop ``while (C)`` never runs (``if (0)``)
+- ``const``        an integer literal becomes 0 or 1, true/false swap
+
+and the classic ones of mutation testing, chosen the way "sufficient
+operator" studies chose them (one boundary shift per relation, not all five
+replacements of universalmutator's rules, which mostly fail to build or
+repeat each other):
+
+- ``boundary``     ``<`` <-> ``<=``, ``>`` <-> ``>=``; ``==`` <-> ``!=`` where
+                   negating the whole condition is not already the same mutant
+- ``arith``        binary ``+`` <-> ``-``, ``+=`` <-> ``-=``, ``<<`` <-> ``>>``
+- ``sibling``      a macro or enum constant becomes the one defined next to
+                   it in its family (``TCQ_F_NOLOCK`` -> ``TCQ_F_CPUSTATS``);
+                   needs the ``Constants`` of the files the patch touches
+- ``swap_arg``     a call's argument becomes another variable of the same
+                   declared type in the hunk (a parameter or a local)
 
 A mutant is named ``<file>:<line>:<operator>`` (the line in the patched
 file), a name that stays put while the patch does.
@@ -339,14 +358,17 @@ class Mutant:
                           *("-" + l for l in self.original), *("+" + l for l in self.mutated)])
 
 
-def mutants(patch: Patch) -> list[Mutant]:
+def mutants(patch: Patch, constants: Constants | None = None) -> list[Mutant]:
+    """Every mutant of the patch's added code lines; ``constants`` (the
+    families of macros and enums the touched files see) enables ``sibling``."""
     out: list[Mutant] = []
     for fp in patch.files:
         if not fp.is_code:
             continue
+        declared = {id(h): _declared(h) for h in fp.hunks}
         for st in statements(fp):
             name = fp.path.rsplit("/", 1)[-1]
-            for operator, replacement in _mutations(st):
+            for operator, replacement in _mutations(st, constants, declared[id(st.hunk)]):
                 out.append(Mutant(f"{name}:{st.line_no}:{operator}", operator, fp.path, st.line_no, st,
                                   replacement))
     seen: dict[str, int] = {}
@@ -357,14 +379,16 @@ def mutants(patch: Patch) -> list[Mutant]:
     return out
 
 
-def _mutations(st: Statement):
+def _mutations(st: Statement, constants: Constants | None = None, declared: dict[str, str] | None = None):
     """(operator, replacement text of the statement's span) pairs."""
     text, src = st.text, st.source()
     if st.header:
-        if st.header in ("if", "while"):
+        negated = st.header in ("if", "while")
+        if negated:
             yield "negate", _wrap_condition(src, st.header)
         if st.header == "while":
             yield "no_wait", _replace_condition(src, "while", "if (0)")
+        yield from _classic(src, constants, skip_equality=negated and _single_relation(text))
         return
     if not text.endswith(";") or text.startswith((".", "{")) or _is_declaration(text):
         return
@@ -374,17 +398,304 @@ def _mutations(st: Statement):
             yield "drop_jump", ";  /* mutant: dropped */"
         if text.startswith("return"):
             yield from _const(src)
+            yield from _classic(src, constants)
+            yield from _swap_args(src, declared or {})
         return
-    yield "delete", ";  /* mutant: deleted */"
+    yield _deletion(text), ";  /* mutant: deleted */"
+    plain = _plain_lock(text)
+    if plain:
+        yield "lock_plain", plain
     flag = _FLAG_UPDATE.match(text)
     if flag:
         yield "flag_zero", f"{flag.group('lhs')} = 0;"
     if re.fullmatch(r"[\w.\->\[\]]+\s*(\+\+|--)\s*;|(\+\+|--)\s*[\w.\->\[\]]+\s*;", text):
         yield "swap_incdec", _INCDEC.sub(lambda m: "--" if m.group(1) == "++" else "++", src)
     assign = _ASSIGN.match(text)
-    if assign and _BOOLEAN_RHS.search(assign.group("rhs")):
+    negated = bool(assign and _BOOLEAN_RHS.search(assign.group("rhs")))
+    if negated:
         yield "negate", _negate_rhs(src)
     yield from _const(src)
+    yield from _classic(src, constants, skip_equality=negated and _single_relation(text))
+    yield from _swap_args(src, declared or {})
+
+
+# --- the classic operators --------------------------------------------------------
+
+_RELATION = re.compile(r"(?<![<>=!\-])(<=|>=|<|>)(?![<>=])")
+_EQUALITY = re.compile(r"(?<![<>=!])(==|!=)(?!=)")
+_BOUNDARY = {"<": "<=", "<=": "<", ">": ">=", ">=": ">", "==": "!=", "!=": "=="}
+_SHIFT = re.compile(r"(<<|>>)(=?)")
+_ADDSUB = re.compile(r"(?<![+\-])([+-])(?![+\-=>])")
+_ADDSUB_ASSIGN = re.compile(r"(?<![+\-])([+-])=")
+_OPERAND_END = re.compile(r"[\w)\]]\s*$")
+_NOT_OPERAND = re.compile(r"\b(return|case|sizeof)\s*$")
+_CONSTANT = re.compile(r"\b[A-Z][A-Z0-9]*_[A-Z0-9_]*[A-Z0-9]\b(?!\s*\()")
+_CALL = re.compile(r"\b(\w+)\s*\(")
+_NOT_CALLS = {"if", "while", "for", "switch", "return", "sizeof", "typeof", "__typeof__", "offsetof",
+              "READ_ONCE", "WRITE_ONCE", "likely", "unlikely", "container_of"}
+_LOGGING = re.compile(r"^(pr_\w+|printk\w*|(dev|netdev|net)_(err|warn|info|dbg|notice)\w*|net_\w+_ratelimited|"
+                      r"WARN\w*|BUG_ON|trace_\w+|seq_printf|pr_cont)$")
+_RELEASE = re.compile(r"(^|_)(unlock|put|free|release|destroy|purge|unref)(_|$)|^(kfree|vfree|kvfree)\w*$|"
+                      r"^(consume_skb|up|up_read|up_write|rcu_read_unlock\w*|local_bh_enable|preempt_enable)$")
+_WAKEUP = re.compile(r"^(_*wake_up\w*|wakeup\w*|_*raise_softirq\w*|_*napi_schedule\w*|smp_call_function\w*|"
+                     r"complete|complete_all|kick_\w+|sk_data_ready|sk_write_space|netif_\w*wake\w*|"
+                     r"_*netif_schedule\w*|tasklet_schedule|tasklet_hi_schedule|queue_work\w*|schedule_work|"
+                     r"mod_timer|swake_up\w*|kill_fasync)$")
+_LOCK_BH_IRQ = re.compile(r"^(?P<lock>(raw_)?(spin|read|write)_(un)?lock|rcu_read_(un)?lock)_(bh|irq)\s*\(")
+_LOCK_IRQSAVE = re.compile(
+    r"^(?P<lock>(raw_)?(spin|read|write)_lock)_irqsave\s*\((?P<arg>.+),\s*(?P<flags>\w+)\s*\)\s*;$", re.S)
+_UNLOCK_IRQRESTORE = re.compile(
+    r"^(?P<lock>(raw_)?(spin|read|write)_unlock)_irqrestore\s*\((?P<arg>.+),\s*\w+\s*\)\s*;$", re.S)
+
+
+def _code(src: str) -> str:
+    """``src`` with comments and string contents blanked, columns kept."""
+    out = []
+    for line in src.split("\n"):
+        code = _blank_comments(line, False)[0]
+        out.append(re.sub(r'"(?:[^"\\]|\\.)*"', lambda m: '"' + " " * (len(m.group(0)) - 2) + '"', code))
+    return "\n".join(out)
+
+
+def _single_relation(text: str) -> bool:
+    """One comparison and no && || ?: negating it is the same as flipping it."""
+    return (not re.search(r"&&|\|\||\?", text)
+            and len(_EQUALITY.findall(text)) + len(_RELATION.findall(text)) == 1)
+
+
+def _classic(src: str, constants: Constants | None, skip_equality: bool = False):
+    code = _code(src)
+    spans: list[tuple[int, int, str, str]] = []
+    for m in _RELATION.finditer(code):
+        spans.append((m.start(), m.end(), _BOUNDARY[m.group(1)], "boundary"))
+    if not skip_equality:
+        for m in _EQUALITY.finditer(code):
+            spans.append((m.start(), m.end(), _BOUNDARY[m.group(1)], "boundary"))
+    for m in _SHIFT.finditer(code):
+        spans.append((m.start(), m.end(), (">>" if m.group(1) == "<<" else "<<") + m.group(2), "arith"))
+    for m in _ADDSUB_ASSIGN.finditer(code):
+        spans.append((m.start(), m.end(), ("-" if m.group(1) == "+" else "+") + "=", "arith"))
+    for m in _ADDSUB.finditer(code):
+        before = code[:m.start()]
+        if code[m.end():m.end() + 1] == "=" or not _OPERAND_END.search(before) or _NOT_OPERAND.search(before):
+            continue  # unary, or an assignment handled above
+        spans.append((m.start(), m.end(), "-" if m.group(1) == "+" else "+", "arith"))
+    if constants is not None:
+        for m in _CONSTANT.finditer(code):
+            sibling = constants.sibling(m.group(0))
+            if sibling:
+                spans.append((m.start(), m.end(), sibling, "sibling"))
+    for start, end, new, operator in sorted(spans):
+        yield operator, src[:start] + new + src[end:]
+
+
+def _call_args(code: str, open_pos: int) -> list[tuple[int, int]]:
+    """(start, end) of each top-level argument of the call whose ``(`` is at open_pos."""
+    args, depth, start = [], 0, open_pos + 1
+    for i in range(open_pos, len(code)):
+        ch = code[i]
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                args.append((start, i))
+                return args
+        elif ch == "," and depth == 1:
+            args.append((start, i))
+            start = i + 1
+    return []
+
+
+def _swap_args(src: str, declared: dict[str, str]):
+    """A call's plain-variable argument replaced by the next variable of the
+    same declared type."""
+    if len(declared) < 2:
+        return
+    code = _code(src)
+    by_type: dict[str, list[str]] = {}
+    for name, kind in declared.items():
+        by_type.setdefault(kind, []).append(name)
+    for call in _CALL.finditer(code):
+        if call.group(1) in _NOT_CALLS or _LOGGING.match(call.group(1)):
+            continue
+        for a, b in _call_args(code, call.end() - 1):
+            arg = code[a:b].strip()
+            peers = by_type.get(declared.get(arg, ""), [])
+            others = [n for n in peers if n != arg]
+            if arg in declared and others:
+                at = a + code[a:b].index(arg)
+                yield "swap_arg", src[:at] + others[(peers.index(arg)) % len(others)] + src[at + len(arg):]
+
+
+def _deletion(text: str) -> str:
+    """The name of deleting this statement: an unlock/put/free, a wakeup, or
+    any other statement."""
+    call = re.match(r"^(?:[\w.\->\[\]()*&]*?(?:\.|->))?(\w+)\s*\(", text)
+    if call:
+        if _RELEASE.search(call.group(1)):
+            return "drop_release"
+        if _WAKEUP.match(call.group(1)):
+            return "drop_wakeup"
+    return "delete"
+
+
+def _plain_lock(text: str) -> str | None:
+    """The plain variant of a _bh/_irq/_irqsave lock or unlock statement."""
+    m = _LOCK_IRQSAVE.match(text)
+    if m:  # interrupts stay enabled; the flags are still set for the restore
+        return f"local_save_flags({m.group('flags')}); {m.group('lock')}({m.group('arg').strip()});"
+    m = _UNLOCK_IRQRESTORE.match(text)
+    if m:
+        return f"{m.group('lock')}({m.group('arg').strip()});"
+    m = _LOCK_BH_IRQ.match(text)
+    if m:
+        return m.group("lock") + text[text.index("("):]
+    return None
+
+
+# --- what a hunk declares (for swap_arg) ----------------------------------------------
+
+_DECLARATOR = re.compile(r"^(?P<stars>\**)\s*(?P<name>[A-Za-z_]\w*)\s*(?P<array>\[)?")
+_TYPE = re.compile(r"^(?P<type>(?:(?:const|volatile|static|register|unsigned|signed|struct|union|enum)\s+)*"
+                   r"[A-Za-z_]\w*)\s*(?P<rest>[\s\S]*)$")
+_QUALIFIERS = re.compile(r"\b(const|volatile|static|register)\s+")
+
+
+def _declared(hunk: Hunk) -> dict[str, str]:
+    """Variables the hunk's new side declares (parameters of a function
+    header in it, and locals) -> their type with its pointer stars; arrays
+    are left out."""
+    code = "\n".join(_blank_comments(text, False)[0] for _, _, text, _ in hunk.new_side()
+                     if not text.lstrip().startswith("#"))
+    found: dict[str, str] = {}
+
+    def add(decl: str):
+        m = _TYPE.match(decl.strip())
+        if not m or m.group("type").split()[-1] in ("return", "goto", "case", "else", "do"):
+            return
+        kind = _QUALIFIERS.sub("", m.group("type")).strip()
+        for part in _split_top(m.group("rest")):
+            declarator = part.split("=", 1)[0].strip()
+            d = _DECLARATOR.match(declarator)
+            if d and declarator[d.end():].lstrip().startswith("("):
+                return  # a function's prototype or definition, not a variable
+            if d and not d.group("array") and d.group("name") not in found:
+                found[d.group("name")] = f"{kind} {d.group('stars')}".strip()
+
+    for header in re.finditer(r"(?m)^[A-Za-z_][\w\s*]*?\b\w+\s*\((?P<params>[^;{}()]*)\)\s*\{", code):
+        for param in _split_top(header.group("params")):
+            if param.strip() not in ("void", "..."):
+                add(param)
+    for piece in re.split(r"[;{}]", code):
+        piece = piece.strip()
+        if piece and _is_declaration(piece + ";"):
+            add(piece)
+    return found
+
+
+def _split_top(text: str) -> list[str]:
+    out, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return [p for p in out if p.strip()]
+
+
+# --- macro and enum families (for sibling) --------------------------------------------
+
+_DEFINE = re.compile(r"^#\s*define\s+([A-Z][A-Z0-9_]*)(?=[\s]|$)")
+_ENUM_START = re.compile(r"^\s*(typedef\s+)?enum\b[^;]*\{\s*$")
+_ENUM_MEMBER = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*(=[^,]*)?,?\s*(/\*.*|//.*)?$")
+_INCLUDE = re.compile(r'^#\s*include\s*[<"]([\w./+-]+\.h)[>"]', re.M)
+
+
+@dataclasses.dataclass
+class Constants:
+    """Families of object-like macros and enum members: an enum's members,
+    or a run of adjacent ``#define``s sharing their first word (comment lines
+    do not break a run).  ``sibling(name)`` is the one defined after it, or
+    before it for the last of a family."""
+    families: dict[str, list[str]]      # name -> its family, in definition order
+
+    @classmethod
+    def scan(cls, texts) -> Constants:
+        families: dict[str, list[str]] = {}
+
+        def close(run: list[str]):
+            for name in run:
+                if len(run) > 1:
+                    families.setdefault(name, run)
+
+        for text in texts:
+            run: list[str] = []
+            in_enum = in_comment = continued = False
+            for raw in text.split("\n"):
+                line, in_comment = _blank_comments(raw, in_comment)
+                stripped = line.strip()
+                was_continued, continued = continued, raw.rstrip().endswith("\\")
+                if was_continued:
+                    continue  # the value of a multi-line #define
+                if in_enum:
+                    if stripped.startswith("}"):
+                        close(run)
+                        run, in_enum = [], False
+                    else:
+                        m = _ENUM_MEMBER.match(line)
+                        if m and not m.group(1).startswith("__"):
+                            run.append(m.group(1))
+                    continue
+                if _ENUM_START.match(line):
+                    close(run)
+                    run, in_enum = [], True
+                    continue
+                m = _DEFINE.match(stripped)
+                if m:
+                    name = m.group(1)
+                    if run and run[0].split("_", 1)[0] != name.split("_", 1)[0]:
+                        close(run)
+                        run = []
+                    run.append(name)
+                elif raw.strip() and not stripped:
+                    continue  # a comment line does not break a run
+                else:
+                    close(run)
+                    run = []
+            close(run)
+        return cls(families)
+
+    def sibling(self, name: str) -> str | None:
+        family = self.families.get(name)
+        if not family:
+            return None
+        i = family.index(name)
+        other = family[i + 1] if i + 1 < len(family) else family[i - 1]
+        return other if other != name else None
+
+
+def constants_for(patch: Patch, files: Callable[[list[str]], dict[str, bytes]]) -> Constants:
+    """The families the patch's code files see: the files themselves (as
+    patched: their added lines count), and the headers they include (one
+    level, from include/ and include/uapi/, or beside the file).  ``files``
+    reads several pristine files at once (``Source.files``)."""
+    code = [fp for fp in patch.files if fp.is_code]
+    texts = ["\n".join(l[1:] for h in fp.hunks for l in h.lines if l.startswith("+")) for fp in code]
+    sources = {path: data.decode(errors="replace") for path, data in files([fp.path for fp in code]).items()}
+    headers: list[str] = []
+    for path, text in sources.items():
+        here = path.rsplit("/", 1)[0] if "/" in path else ""
+        for header in _INCLUDE.findall(text):
+            headers += [f"include/{header}", f"include/uapi/{header}", f"{here}/{header}"]
+    found = files(sorted(set(headers))) if headers else {}
+    texts += sources.values()
+    texts += (data.decode(errors="replace") for data in found.values())
+    return Constants.scan(texts)
 
 
 def _const(src: str):
@@ -460,7 +771,7 @@ def parse_equivalent(text: str) -> dict[str, str]:
 
 # --- merged code: a function's or a line range's statements as a patch's added lines --------------
 
-_TARGET = re.compile(r"^(?P<file>[\w./+-]+\.[ch]):(?:(?P<a>\d+)-(?P<b>\d+)|(?P<function>\w+))$")
+_TARGET = re.compile(r"^(?P<file>[\w./+-]+\.[ch]):(?:(?P<a>\d+)-(?P<b>\d+)|(?P<function>\w+)(?P<optional>\?)?)$")
 
 
 def find_function(text: str, name: str, path: str = "") -> tuple[int, int]:
@@ -517,8 +828,8 @@ def lines_patch(path: str, text: str, ranges: list[tuple[int, int]], context: in
 
 
 def parse_targets(text: str, source: str) -> list[str]:
-    """A targets file: one ``FILE:FUNCTION`` or ``FILE:A-B`` a line; ``#``
-    starts a comment."""
+    """A targets file: one ``FILE:FUNCTION``, ``FILE:FUNCTION?`` (where the
+    source has it) or ``FILE:A-B`` a line; ``#`` starts a comment."""
     targets = []
     for n, line in enumerate(text.split("\n"), 1):
         line = line.split("#", 1)[0].strip()
@@ -530,22 +841,34 @@ def parse_targets(text: str, source: str) -> list[str]:
     return targets
 
 
-def targets_patch(targets: list[str], read: Callable[[str], bytes]) -> str:
-    """One no-op patch over every target (``FILE:FUNCTION`` or ``FILE:A-B``),
-    the files read with ``read`` (a Source's pristine tree)."""
-    texts: dict[str, str] = {}
-    ranges: dict[str, list[tuple[int, int]]] = {}
+def targets_patch(targets: list[str], files: Callable[[list[str]], dict[str, bytes]]) -> str:
+    """One no-op patch over every target (``FILE:FUNCTION`` or ``FILE:A-B``;
+    ``FILE:FUNCTION?`` is optional: skipped where the source has no such
+    function, for targets files that serve several kernel versions), the
+    files read with ``files`` (a Source's pristine tree, several at once)."""
+    parsed = []
     for target in targets:
         m = _TARGET.match(target)
         if m is None:
             raise PatchError(f"{target!r}: expected FILE:FUNCTION or FILE:A-B (a .c or .h file)")
+        parsed.append((target, m))
+    wanted = sorted({m.group("file") for _, m in parsed})
+    texts = {path: data.decode(errors="replace") for path, data in files(wanted).items()}
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    for target, m in parsed:
         path = m.group("file")
         if path not in texts:
+            raise PatchError(f"{target}: the source has no {path}")
+        if m.group("function") is None:
+            span = (int(m.group("a")), int(m.group("b")))
+        else:
             try:
-                texts[path] = read(path).decode(errors="replace")
-            except (OSError, KeyError) as e:
-                raise PatchError(f"{target}: cannot read {path} from the source ({e})") from None
-        span = ((int(m.group("a")), int(m.group("b"))) if m.group("function") is None
-                else find_function(texts[path], m.group("function"), path))
+                span = find_function(texts[path], m.group("function"), path)
+            except PatchError:
+                if m.group("optional"):
+                    continue
+                raise
         ranges.setdefault(path, []).append(span)
+    if not ranges:
+        raise PatchError(f"none of the optional targets is in this source: {', '.join(targets)}")
     return "".join(lines_patch(path, texts[path], spans) for path, spans in ranges.items())

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from ..kernel.build import BuildError, Source, Tree
-from .mutants import Mutant, Patch, mutants, parse_equivalent
+from .mutants import Mutant, Patch, constants_for, mutants, parse_equivalent
 from .selection import Outcome, run_selection
 from ..util import HarnessError
 
@@ -133,7 +133,7 @@ def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_p
     """Build and test every mutant of ``patch`` (or those named in ``only``)."""
     patch = Path(patch).resolve()
     parsed = Patch.parse(patch.read_text())
-    found = mutants(parsed)
+    found = mutants(parsed, constants_for(parsed, source.files))
     equivalents = load_equivalents(patch, found)
     if only:
         unknown = sorted(set(only) - {m.id for m in found})

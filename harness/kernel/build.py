@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import IO
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..endpoint import cmd, process_group
 from ..util import REPO, HarnessError, cache_dir, temp_beside, write_atomic
@@ -54,6 +54,19 @@ class Source:
     identity: str   # changes whenever the source does
     prepare: Callable[[Path], None]  # put a pristine tree in the work directory
     read: Callable[[str], bytes]     # one file of the pristine tree, by its path in it
+    read_many: Callable[[Sequence[str]], dict[str, bytes]] | None = None  # several in one pass
+
+    def files(self, paths: Sequence[str]) -> dict[str, bytes]:
+        """The pristine files of ``paths`` that exist, by path."""
+        if self.read_many is not None:
+            return self.read_many(paths)
+        found = {}
+        for path in paths:
+            try:
+                found[path] = self.read(path)
+            except (OSError, KeyError):
+                continue
+        return found
 
 
 def debian_source(series: str) -> Source:
@@ -82,7 +95,14 @@ def debian_source(series: str) -> Source:
         if found.returncode != 0:
             raise FileNotFoundError(f"{tarball}: no {rel}")
         return found.stdout_bytes
-    return Source(f"debian-{series}", f"{package}={version}", prepare, read)
+
+    def read_many(paths: Sequence[str]) -> dict[str, bytes]:
+        # one pass over the tarball: each read() decompresses all of it
+        with tempfile.TemporaryDirectory(prefix="harness-read-") as tmp:
+            cmd(["tar", "-xf", tarball, "-C", tmp, "--strip-components=1", "--ignore-failed-read",
+                 *(f"{package}/{p}" for p in paths)], check=False, timeout=600)
+            return {p: (Path(tmp) / p).read_bytes() for p in paths if (Path(tmp) / p).is_file()}
+    return Source(f"debian-{series}", f"{package}={version}", prepare, read, read_many)
 
 
 def tree_source(path) -> Source:

@@ -50,7 +50,7 @@ def test_the_patch_renders_back_byte_for_byte():
 
 def test_operators_on_added_statements_only():
     assert sorted(by_id()) == sorted([
-        "x.c:16:negate", "x.c:18:drop_jump",
+        "x.c:16:negate", "x.c:16:boundary", "x.c:18:drop_jump",
         "x.c:19:delete", "x.c:19:flag_zero",
         "x.c:20:delete", "x.c:20:swap_incdec",
         "x.c:21:negate", "x.c:21:no_wait",

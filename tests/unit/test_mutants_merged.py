@@ -48,7 +48,7 @@ def test_the_no_op_patch_changes_nothing_and_its_mutants_name_the_files_real_lin
 
 
 def test_a_mutant_of_merged_code_renders_a_patch_that_changes_only_its_line(tmp_path):
-    text = targets_patch(["x/f.c:helper"], lambda path: SOURCE.encode())
+    text = targets_patch(["x/f.c:helper"], lambda paths: {p: SOURCE.encode() for p in paths})
     patch = Patch.parse(text)
     negate = next(m for m in mutants(patch) if m.id == "f.c:7:negate")
     (tmp_path / "x").mkdir()
