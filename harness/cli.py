@@ -44,7 +44,7 @@ def _out_dir(args, what: str):
 
 def cmd_mutants(args: argparse.Namespace) -> int:
     from pathlib import Path
-    from .catching.runs import equivalent_file, load_equivalents, run_mutants
+    from .catching.runs import equivalent_file, load_equivalents, run_mutants, targets_equivalent_file
     from .catching.mutants import Patch, PatchError, constants_for, mutants, parse_targets, targets_patch
     out = _out_dir(args, "mutants")
     targets = [*(args.function or []), *(args.lines or [])]
@@ -55,36 +55,39 @@ def cmd_mutants(args: argparse.Namespace) -> int:
             raise HarnessError(f"--targets {args.targets}: {e.strerror}") from None
     if bool(targets) == bool(args.patch):
         raise HarnessError("give what to mutate: --patch FILE, or merged code with --function/--lines/--targets")
+    source = _source(args)
     if targets:
         if args.base_patch:
             raise HarnessError("--function/--lines/--targets read the pristine source: they take no --base-patch "
                                "(to mutate a patch's code, give --patch)")
         try:
-            text = targets_patch(targets, _source(args).files)
+            text = targets_patch(targets, source.files)
         except PatchError as e:
             raise HarnessError(str(e)) from None
         patch = out / "targets.patch"
         patch.parent.mkdir(parents=True, exist_ok=True)
         patch.write_text(text)
+        equivalents_file = targets_equivalent_file(Path(args.targets), source) if args.targets else None
     else:
+        equivalents_file = None
         patch = Path(args.patch)
         if not patch.is_file():
             raise HarnessError(f"--patch {patch}: no such file")
     if args.list:
         parsed = Patch.parse(patch.read_text())
-        found = mutants(parsed, constants_for(parsed, _source(args).files))
-        equivalents = load_equivalents(patch, found)
+        found = mutants(parsed, constants_for(parsed, source.files))
+        equivalents = load_equivalents(patch, found, equivalents_file)
         for m in found:
             mark = "  (equivalent)" if m.id in equivalents else ""
             print(f"{m.id:40} {m.describe()}{mark}")
-        print(f"{len(found)} mutants; {len(equivalents)} listed in {equivalent_file(patch)}")
+        print(f"{len(found)} mutants; {len(equivalents)} listed in {equivalents_file or equivalent_file(patch)}")
         return 0
     if not args.k:
         raise HarnessError("-k EXPR: the test selection to run on each mutant is required")
-    report = run_mutants(_source(args), patch, expr=args.k, out_dir=out, base_patches=args.base_patch,
+    report = run_mutants(source, patch, expr=args.k, out_dir=out, base_patches=args.base_patch,
                          fragments=args.config, deadline_s=args.deadline, only=args.mutant,
                          include_equivalent=args.include_equivalent, keep=args.keep, accel=args.accel,
-                         jobs=args.jobs)
+                         jobs=args.jobs, equivalents_file=equivalents_file)
     print(report.table())
     for path in report.write(out):
         print(f"wrote {path}")

@@ -390,6 +390,23 @@ def _mutations(st: Statement, constants: Constants | None = None, declared: dict
             yield "no_wait", _replace_condition(src, "while", "if (0)")
         yield from _classic(src, constants, skip_equality=negated and _single_relation(text))
         return
+    # a label before the statement ("nodefer: kfree_skb(skb);") stays: a goto needs it
+    label = _LABEL.match(src)
+    if label and label.group(1) not in ("default", "case"):
+        in_text = _LABEL.match(text)
+        text, src = text[in_text.end():] if in_text else text, src[label.end():]
+    for operator, replacement in _statement_mutations(st, text, src, constants, declared or {}):
+        yield operator, (label.group(0) if label else "") + replacement
+
+
+_LABEL = re.compile(r"^\s*([A-Za-z_]\w*)\s*:(?!:)\s*")
+# statements whose deletion changes no behaviour of a working kernel: assertions and log lines
+_NOT_BEHAVIOUR = re.compile(r"^(DEBUG_NET_WARN\w*|WARN\w*|BUILD_BUG_ON\w*|BUG_ON|VM_BUG_ON\w*|VM_WARN\w*|"
+                            r"lockdep_assert\w*|might_sleep|pr_\w+|printk\w*|(dev|netdev|net)_(err|warn|info|dbg|notice)"
+                            r"\w*|net_\w+_ratelimited|trace_\w+)\s*\(")
+
+
+def _statement_mutations(st: Statement, text: str, src: str, constants: Constants | None, declared: dict[str, str]):
     if not text.endswith(";") or text.startswith((".", "{")) or _is_declaration(text):
         return
     jump = _JUMP.match(text)
@@ -399,7 +416,9 @@ def _mutations(st: Statement, constants: Constants | None = None, declared: dict
         if text.startswith("return"):
             yield from _const(src)
             yield from _classic(src, constants)
-            yield from _swap_args(src, declared or {})
+            yield from _swap_args(src, declared)
+        return
+    if _NOT_BEHAVIOUR.match(text):
         return
     yield _deletion(text), ";  /* mutant: deleted */"
     plain = _plain_lock(text)
@@ -416,7 +435,7 @@ def _mutations(st: Statement, constants: Constants | None = None, declared: dict
         yield "negate", _negate_rhs(src)
     yield from _const(src)
     yield from _classic(src, constants, skip_equality=negated and _single_relation(text))
-    yield from _swap_args(src, declared or {})
+    yield from _swap_args(src, declared)
 
 
 # --- the classic operators --------------------------------------------------------
@@ -533,10 +552,10 @@ def _deletion(text: str) -> str:
     any other statement."""
     call = re.match(r"^(?:[\w.\->\[\]()*&]*?(?:\.|->))?(\w+)\s*\(", text)
     if call:
-        if _RELEASE.search(call.group(1)):
-            return "drop_release"
-        if _WAKEUP.match(call.group(1)):
+        if _WAKEUP.match(call.group(1)):  # first: kick_defer_list_purge is a wakeup
             return "drop_wakeup"
+        if _RELEASE.search(call.group(1)) and not call.group(1).startswith("smp_"):  # smp_store_release: a barrier
+            return "drop_release"
     return "delete"
 
 

@@ -115,8 +115,15 @@ def equivalent_file(patch: Path) -> Path:
     return patch.with_name(patch.name + ".equivalent")
 
 
-def load_equivalents(patch: Path, found: list[Mutant]) -> dict[str, str]:
-    path = equivalent_file(patch)
+def targets_equivalent_file(targets: Path, source: Source) -> Path:
+    """Equivalent mutants of a targets file's functions, per source (their
+    ids carry line numbers): images/seeds/001.targets on debian-6.12 ->
+    images/seeds/001.debian-6.12.equivalent."""
+    return targets.with_name(f"{targets.stem}.{source.name}.equivalent")
+
+
+def load_equivalents(patch: Path, found: list[Mutant], path: Path | None = None) -> dict[str, str]:
+    path = path or equivalent_file(patch)
     if not path.is_file():
         return {}
     listed = parse_equivalent(path.read_text())
@@ -129,12 +136,13 @@ def load_equivalents(patch: Path, found: list[Mutant]) -> dict[str, str]:
 
 def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_patches=(), fragments=(),
                 deadline_s: float = 900, only=None, include_equivalent: bool = False, keep: bool = False,
-                accel: str = "auto", jobs: int | None = None) -> MutantReport:
-    """Build and test every mutant of ``patch`` (or those named in ``only``)."""
+                accel: str = "auto", jobs: int | None = None, equivalents_file: Path | None = None) -> MutantReport:
+    """Build and test every mutant of ``patch`` (or those named in ``only``);
+    the equivalent ones are listed beside the patch, or in ``equivalents_file``."""
     patch = Path(patch).resolve()
     parsed = Patch.parse(patch.read_text())
     found = mutants(parsed, constants_for(parsed, source.files))
-    equivalents = load_equivalents(patch, found)
+    equivalents = load_equivalents(patch, found, equivalents_file)
     if only:
         unknown = sorted(set(only) - {m.id for m in found})
         if unknown:
@@ -155,6 +163,10 @@ def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_p
         if reference.status != "passed":
             raise CatchingError(f"the unmutated kernel does not pass -k {expr!r} ({reference.status}: "
                                 f"{reference.summary()}); logs: {out_dir / 'reference'}")
+        if not reference.count("passed"):
+            # every mutant would survive a selection that does not run
+            raise CatchingError(f"no test of -k {expr!r} ran on the unmutated kernel ({reference.summary()}): "
+                                f"the skips name what it lacks; logs: {out_dir / 'reference'}")
         for n, mutant in enumerate(found, 1):
             result = MutantResult(mutant.id, mutant.operator, mutant.describe(), "", diff=mutant.diff())
             if mutant.id in equivalents and not include_equivalent:

@@ -262,6 +262,22 @@ def parse_interrupts(text: str) -> list[Interrupt]:
     return out
 
 
+def parse_softirqs(text: str) -> dict[str, tuple]:
+    """/proc/softirqs: softirq name ("NET_RX", "TIMER", ...) -> count per CPU."""
+    lines = text.splitlines()
+    if not lines:
+        return {}
+    ncpu = len(lines[0].split())
+    out = {}
+    for n, line in enumerate(lines[1:], 2):
+        name, _, rest = line.partition(":")
+        counts = rest.split()
+        if not name.strip() or len(counts) != ncpu or not all(c.isdigit() for c in counts):
+            raise ObserveError(f"/proc/softirqs line {n}: expected 'NAME: <{ncpu} counts>', got {line[:120]!r}")
+        out[name.strip()] = tuple(int(c) for c in counts)
+    return out
+
+
 # --- the snapshot -----------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -273,6 +289,7 @@ class Snapshot:
     kthreads: list[KThread] = dataclasses.field(default_factory=list)
     sysctls: dict[str, str] = dataclasses.field(default_factory=dict)
     irqs: list[Interrupt] = dataclasses.field(default_factory=list)
+    softirqs: dict[str, tuple] = dataclasses.field(default_factory=dict)
 
     def link(self, name: str) -> LinkStats:
         return _lookup(self.links, name, "link")
@@ -305,6 +322,18 @@ class Snapshot:
             raise KeyError(f"no interrupt line matches {match!r}")
         return tuple(map(sum, zip(*rows, strict=False)))
 
+    def irq(self, name: str) -> tuple:
+        """Per-CPU counts of one /proc/interrupts line by its name: "CAL"
+        (function call IPIs), "RES" (rescheduling IPIs), "LOC", or a number."""
+        for i in self.irqs:
+            if i.irq == name:
+                return i.counts
+        raise KeyError(f"/proc/interrupts: no line {name!r}; there are {[i.irq for i in self.irqs][:40]}")
+
+    def softirq(self, name: str) -> tuple:
+        """Per-CPU runs of one softirq ("NET_RX", "NET_TX", ...), from /proc/softirqs."""
+        return _lookup(self.softirqs, name, "softirq")
+
     def __sub__(self, before: Snapshot) -> Snapshot:
         irqs_before = {i.irq: i for i in before.irqs}
         return Snapshot(
@@ -316,7 +345,9 @@ class Snapshot:
             self.kthreads, self.sysctls,
             [Interrupt(i.irq, tuple(a - b for a, b in zip(i.counts, irqs_before[i.irq].counts, strict=False)),
                        i.description)
-             for i in self.irqs if i.irq in irqs_before])
+             for i in self.irqs if i.irq in irqs_before],
+            {name: tuple(a - b for a, b in zip(counts, before.softirqs[name], strict=False))
+             for name, counts in self.softirqs.items() if name in before.softirqs})
 
 
 def _same_qdisc(qdiscs: list[Qdisc], q: Qdisc) -> Qdisc | None:
@@ -333,7 +364,7 @@ def _lookup(table: dict, key: str, what: str):
 _PATTERN = re.compile(r"^[A-Za-z0-9_/*?.:\[\]-]+$")
 _SYSCTL = re.compile(r"^[A-Za-z0-9_.-]+$")
 
-PROCFS_FILES = ("/proc/net/softnet_stat", "/proc/net/dev", "/proc/interrupts")
+PROCFS_FILES = ("/proc/net/softnet_stat", "/proc/net/dev", "/proc/interrupts", "/proc/softirqs")
 
 
 def split_dump(data: str) -> dict[str, str]:
@@ -360,7 +391,8 @@ def parse_snapshot(files: dict[str, str]) -> Snapshot:
     return Snapshot(parse_softnet(files["/proc/net/softnet_stat"]), parse_netdev(files["/proc/net/dev"]),
                     parse_ethtool(files.get("@ethtool", "")), parse_qdiscs(files.get("@qdisc", "")),
                     parse_threads(files.get("@threads", "")), sysctls,
-                    parse_interrupts(files.get("/proc/interrupts", "")))
+                    parse_interrupts(files.get("/proc/interrupts", "")),
+                    parse_softirqs(files.get("/proc/softirqs", "")))
 
 
 def snapshot(where, threads=DEFAULT_THREADS, sysctls=DEFAULT_SYSCTLS, timeout: float = 30.0) -> Snapshot:
