@@ -55,7 +55,11 @@ def cmd_mutants(args: argparse.Namespace) -> int:
             raise HarnessError(f"--targets {args.targets}: {e.strerror}") from None
     if bool(targets) == bool(args.patch):
         raise HarnessError("give what to mutate: --patch FILE, or merged code with --function/--lines/--targets")
-    source = _source(args)
+    if args.patch and not Path(args.patch).is_file():
+        raise HarnessError(f"--patch {args.patch}: no such file")
+    # A patch can be listed without its source (sibling constants then come
+    # from the patch's own lines); everything else reads the source.
+    source = _source(args) if targets or not args.list or args.tree or args.debian_source else None
     if targets:
         if args.base_patch:
             raise HarnessError("--function/--lines/--targets read the pristine source: they take no --base-patch "
@@ -71,11 +75,9 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     else:
         equivalents_file = None
         patch = Path(args.patch)
-        if not patch.is_file():
-            raise HarnessError(f"--patch {patch}: no such file")
     if args.list:
         parsed = Patch.parse(patch.read_text())
-        found = mutants(parsed, constants_for(parsed, source.files))
+        found = mutants(parsed, constants_for(parsed, source.files if source else lambda paths: {}))
         equivalents = load_equivalents(patch, found, equivalents_file)
         for m in found:
             mark = "  (equivalent)" if m.id in equivalents else ""
@@ -84,6 +86,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
         return 0
     if not args.k:
         raise HarnessError("-k EXPR: the test selection to run on each mutant is required")
+    assert source is not None
     report = run_mutants(source, patch, expr=args.k, out_dir=out, base_patches=args.base_patch,
                          fragments=args.config, deadline_s=args.deadline, only=args.mutant,
                          include_equivalent=args.include_equivalent, keep=args.keep, accel=args.accel,

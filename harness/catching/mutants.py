@@ -411,8 +411,10 @@ def _statement_mutations(st: Statement, text: str, src: str, constants: Constant
         return
     jump = _JUMP.match(text)
     if jump:
-        if st.in_if:  # an early exit; the last return of a function is not dropped
-            yield "drop_jump", ";  /* mutant: dropped */"
+        # an early exit; the last return of a function is not dropped.  Braces,
+        # not ";": an empty if body is -Werror=empty-body and would not build.
+        if st.in_if:
+            yield "drop_jump", "{ }  /* mutant: dropped */"
         if text.startswith("return"):
             yield from _const(src)
             yield from _classic(src, constants)
@@ -420,7 +422,7 @@ def _statement_mutations(st: Statement, text: str, src: str, constants: Constant
         return
     if _NOT_BEHAVIOUR.match(text):
         return
-    yield _deletion(text), ";  /* mutant: deleted */"
+    yield _deletion(text), "{ }  /* mutant: deleted */"
     plain = _plain_lock(text)
     if plain:
         yield "lock_plain", plain

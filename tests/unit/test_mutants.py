@@ -74,7 +74,7 @@ def test_a_mutant_renders_as_a_patch_that_differs_in_its_statement_only():
 
 def test_early_return_is_dropped_and_its_value_changed():
     ids = by_id()
-    assert ids["x.c:18:drop_jump"].mutated == ["\t\t;  /* mutant: dropped */"]
+    assert ids["x.c:18:drop_jump"].mutated == ["\t\t{ }  /* mutant: dropped */"]
     assert ids["x.c:22:const"].mutated == ["\t\tmsleep(0);"]
 
 
