@@ -61,6 +61,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     # from the patch's own lines); everything else reads the source.
     source = _source(args) if targets or not args.list or args.tree or args.debian_source else None
     if targets:
+        assert source is not None
         if args.base_patch:
             raise HarnessError("--function/--lines/--targets read the pristine source: they take no --base-patch "
                                "(to mutate a patch's code, give --patch)")
