@@ -862,6 +862,16 @@ def parse_targets(text: str, source: str) -> list[str]:
     return targets
 
 
+_SELECTION = re.compile(r"Selection:\s*-k\s+(?:\"([^\"]+)\"|(\S+))")
+
+
+def targets_selection(text: str) -> str | None:
+    """The test selection a targets file's comments name ("Selection: -k
+    defer_free" or -k "a or b"): the tests that check the seed's claims."""
+    m = _SELECTION.search(text)
+    return (m.group(1) or m.group(2)) if m else None
+
+
 def targets_patch(targets: list[str], files: Callable[[list[str]], dict[str, bytes]]) -> str:
     """One no-op patch over every target (``FILE:FUNCTION`` or ``FILE:A-B``;
     ``FILE:FUNCTION?`` is optional: skipped where the source has no such

@@ -29,7 +29,7 @@ from typing import IO
 from collections.abc import Callable, Sequence
 
 from ..endpoint import cmd, process_group
-from ..util import REPO, HarnessError, cache_dir, temp_beside, write_atomic
+from ..util import REPO, HarnessError, cache_dir, temp_beside, temp_dir, write_atomic
 
 ROOT = REPO
 HARNESS_CONFIG = ROOT / "images" / "kconfig" / "harness.config"
@@ -98,10 +98,14 @@ def debian_source(series: str) -> Source:
 
     def read_many(paths: Sequence[str]) -> dict[str, bytes]:
         # one pass over the tarball: each read() decompresses all of it
-        with tempfile.TemporaryDirectory(prefix="harness-read-") as tmp:
+        # temp_dir: a run killed here leaves a directory the next one reaps
+        tmp = temp_dir("read")
+        try:
             cmd(["tar", "-xf", tarball, "-C", tmp, "--strip-components=1", "--ignore-failed-read",
                  *(f"{package}/{p}" for p in paths)], check=False, timeout=600)
-            return {p: (Path(tmp) / p).read_bytes() for p in paths if (Path(tmp) / p).is_file()}
+            return {p: (tmp / p).read_bytes() for p in paths if (tmp / p).is_file()}
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return Source(f"debian-{series}", f"{package}={version}", prepare, read, read_many)
 
 

@@ -1,9 +1,12 @@
 """The classic operators (boundary, arith, sibling, swap_arg) and the kernel
 ones that name what a deletion drops (drop_release, drop_wakeup) or swap a
 lock for its plain variant (lock_plain), on a small merged function."""
+from pathlib import Path
+
 import pytest
 
-from harness.catching.mutants import Constants, Patch, PatchError, lines_patch, mutants, targets_patch
+from harness.catching.mutants import (Constants, Patch, PatchError, lines_patch, mutants, targets_patch,
+                                      targets_selection)
 
 HEADER = """\
 #define TCQ_F_BUILTIN		1
@@ -114,3 +117,12 @@ def test_an_optional_target_is_skipped_where_the_source_lacks_it():
         targets_patch(["net/f.c:gone"], files)
     with pytest.raises(PatchError, match="none of the optional targets"):
         targets_patch(["net/f.c:gone?"], files)
+
+
+def test_each_seeds_targets_file_names_its_selection():
+    """tools/bench-mutants --seed N runs the selection the targets file names."""
+    seeds = Path(__file__).resolve().parents[2] / "images" / "seeds"
+    found = {f.stem: targets_selection(f.read_text()) for f in sorted(seeds.glob("*.targets"))}
+    assert found == {"000": "lockless_qdisc or multiqueue", "001": "defer_free", "003": "napi_cache",
+                     "004": "ring_drops or tun"}
+    assert targets_selection("# nothing here\nnet/core/dev.c:f\n") is None
