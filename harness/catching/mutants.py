@@ -312,6 +312,9 @@ def _is_declaration(text: str) -> bool:
     t = text.strip()
     if _DECL_START.match(t) and not _CONTROL.match(t):
         return True
+    # "spinlock_t *lock = NULL;" / "u32 n = 0;": "a * b =" and "a b =" are no expression
+    if re.match(r"^[A-Za-z_]\w*(\s*\*+\s*|\s+)[A-Za-z_]\w*\s*=[^=]", t) and not t.startswith(("return", "goto", "else")):
+        return True
     # "type *name;" / "type name, other;" with a typedef'd type
     return bool(re.match(r"^[A-Za-z_]\w*(\s+|\s*\*\s*)\*?[A-Za-z_]\w*(\s*\[[^]]*\])?(\s*,\s*\*?\w+)*\s*;$", t)
                 and not t.startswith(("return", "goto")))
@@ -407,7 +410,7 @@ _NOT_BEHAVIOUR = re.compile(r"^(DEBUG_NET_WARN\w*|WARN\w*|BUILD_BUG_ON\w*|BUG_ON
 
 
 def _statement_mutations(st: Statement, text: str, src: str, constants: Constants | None, declared: dict[str, str]):
-    if not text.endswith(";") or text.startswith((".", "{")) or _is_declaration(text):
+    if not text.endswith(";") or text.strip() == ";" or text.startswith((".", "{")) or _is_declaration(text):
         return
     jump = _JUMP.match(text)
     if jump:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.measure.slab import drained_slabs, slack
+
 TUN_READS = Path(__file__).parent / "guest" / "tun_reads.py"
 RING = 64  # the script's tx_queue_len
 
@@ -23,7 +25,8 @@ def test_tun_reads_nonblocking_poll_blocking_and_wakeups(guest):
     only; one queued frame makes it readable; a zero-length read consumes
     nothing.  A blocked reader is woken by the next frame, by a signal, and
     by the device's unregister (EFAULT); after that the file reads EBADFD and
-    polls POLLERR."""
+    polls POLLERR.  A down tap is not writable, and a poller waiting for it
+    is woken when the tap comes up."""
     r = run(guest, "reads", "gtr0")
     assert r["first"] == [0]
     assert r["empty_nonblocking"] == "EAGAIN"
@@ -32,10 +35,13 @@ def test_tun_reads_nonblocking_poll_blocking_and_wakeups(guest):
     assert r["zero_length_read"] == 0 and r["after_zero_length"] == [1]
     assert r["poll_drained"] == select.POLLOUT
     assert r["reader_blocked"], "the reader never slept in read()"
-    assert r["woken_by_frame"] == {"hung": False, "seq": 2, "error": None}, r["limit_s"]
+    assert r["woken_by_frame"] == {"hung": False, "result": 2, "error": None}, r["limit_s"]
     assert r["signal"] == {"interrupted": True}
+    assert r["poll_down"] == 0, "a down tap polled writable"
+    assert r["poller_blocked_while_down"], "the poller never slept in poll()"
+    assert r["woken_by_up"] == {"hung": False, "result": select.POLLOUT, "error": None}, r["limit_s"]
     assert r["reader_blocked_at_unregister"], "the reader never slept in read()"
-    assert r["woken_by_unregister"] == {"hung": False, "seq": None, "error": "EFAULT"}, r["limit_s"]
+    assert r["woken_by_unregister"] == {"hung": False, "result": None, "error": "EFAULT"}, r["limit_s"]
     assert r["read_after_unregister"] == "EBADFD"
     assert r["poll_after_unregister"] == select.POLLERR
 
@@ -77,3 +83,16 @@ def test_tun_multiqueue_rings_per_queue_detach_and_resize(guest):
     other = r["other_queue"]  # queue 0 detached: queue 1's ring was resized while it was detached
     assert other["accepted"] == list(range(3000, 3032)) and other["queue1"] == other["accepted"]
     assert other["refused"] == other["tx_dropped"] == 68
+
+
+@pytest.mark.needs("CONFIG_SLUB")
+def test_tun_closed_with_a_full_ring_frees_every_queued_frame(guest):
+    """Closing a tap whose ring is full (tun_detach -> tun_queue_purge) frees
+    every frame it held: 10 rings of 1000 frames, closed unread, leave the
+    skb caches, drained, where they were (within the slab's own slack)."""
+    cycles, frames = 10, 1000
+    baseline = drained_slabs(guest)
+    r = run(guest, "close", "gtc0", str(cycles), str(frames))
+    assert r["queued"] == cycles * frames, "the rings were not full when closed"
+    beyond = (drained_slabs(guest) - baseline).within(slack(guest))
+    assert not beyond, f"after {cycles * frames} frames closed in their rings: {'; '.join(beyond)}"

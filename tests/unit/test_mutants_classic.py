@@ -126,3 +126,10 @@ def test_each_seeds_targets_file_names_its_selection():
     assert found == {"000": "lockless_qdisc or multiqueue", "001": "defer_free", "003": "napi_cache",
                      "004": "ring_drops or tun"}
     assert targets_selection("# nothing here\nnet/core/dev.c:f\n") is None
+
+
+def test_declarations_and_empty_statements_are_not_deleted():
+    """Deleting them would not build, or would change nothing."""
+    source = "static void g(struct qdisc *q)\n{\n\tspinlock_t *root_lock = NULL;\n\n\t;\n\tkick(q);\n}\n"
+    found = mutants(Patch.parse(lines_patch("net/g.c", source, [(1, 7)])))
+    assert [m.id for m in found] == ["g.c:6:delete"]

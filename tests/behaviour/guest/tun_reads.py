@@ -5,6 +5,8 @@
   tun_reads.py mq NAME        IFF_MULTI_QUEUE: flows spread over two rings,
                               a detached queue's ring is dropped, resizes
                               reach detached queues too
+  tun_reads.py close NAME N Q N times: a tap whose ring holds Q frames is
+                              closed unread (the slab counts are the test's)
 
 Every call that could block runs under a watchdog, so a kernel that never
 wakes a reader makes this print "hung" instead of hanging the test.  Prints
@@ -97,25 +99,23 @@ def task_state(tid):
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-class Reader(threading.Thread):
-    """One blocking read in a thread: its result, its error, or still blocked."""
+class Blocking(threading.Thread):
+    """One blocking call in a thread: its result, its error, or still blocked."""
 
-    def __init__(self, fd):
+    def __init__(self, call):
         super().__init__(daemon=True)
-        self.fd, self.data, self.error, self.tid = fd, None, None, None
-        self.started_at = self.ended_at = None
+        self.call, self.result, self.error, self.tid = call, None, None, None
 
     def run(self):
         self.tid = threading.get_native_id()
-        self.started_at = time.monotonic()
         try:
-            self.data = os.read(self.fd, 2048)
+            self.result = self.call()
         except OSError as e:
             self.error = errno.errorcode.get(e.errno, str(e.errno))
-        self.ended_at = time.monotonic()
 
     def blocked(self, settle):
-        """Still inside read() and asleep after ``settle`` seconds."""
+        """Still inside the call and asleep after ``settle`` seconds."""
+        self.start()
         while self.tid is None:
             time.sleep(0.001)
         time.sleep(settle)
@@ -123,9 +123,11 @@ class Reader(threading.Thread):
 
     def outcome(self, limit):
         self.join(limit)
-        if self.is_alive():
-            return {"hung": True}
-        return {"hung": False, "seq": seq_of(self.data) if self.data else None, "error": self.error}
+        return {"hung": True} if self.is_alive() else {"hung": False, "result": self.result, "error": self.error}
+
+
+def reader(fd):
+    return Blocking(lambda: seq_of(os.read(fd, 2048)))
 
 
 class Interrupted(Exception):
@@ -161,11 +163,10 @@ def reads(name):
     out["poll_drained"] = dict(poller.poll(0)).get(fd, 0)
 
     os.set_blocking(fd, True)
-    reader = Reader(fd)
-    reader.start()
-    out["reader_blocked"] = reader.blocked(settle)
+    blocked = reader(fd)
+    out["reader_blocked"] = blocked.blocked(settle)
     send(sock, [(2, frame(2))])
-    out["woken_by_frame"] = reader.outcome(limit)
+    out["woken_by_frame"] = blocked.outcome(limit)
 
     # a signal: the main thread is the reader (Python runs handlers there);
     # a watchdog thread sends a frame if the signal did not end the read
@@ -184,11 +185,20 @@ def reads(name):
         signal.setitimer(signal.ITIMER_REAL, 0)
         rescue.cancel()
 
-    reader = Reader(fd)
-    reader.start()
-    out["reader_blocked_at_unregister"] = reader.blocked(settle)
+    # a down tap is not writable; a poller waiting for that is woken at the up
+    subprocess.run(["ip", "link", "set", name, "down"], check=True)
+    out["poll_down"] = dict(poller.poll(0)).get(fd, 0)
+    # the poll's own timeout is twice the wait: poll re-reads the mask when it
+    # times out, so only a wakeup ends it within the wait
+    waiting = Blocking(lambda: dict(poller.poll(int(2 * limit * 1000))).get(fd, 0))
+    out["poller_blocked_while_down"] = waiting.blocked(settle)
+    subprocess.run(["ip", "link", "set", name, "up"], check=True)
+    out["woken_by_up"] = waiting.outcome(limit)
+
+    blocked = reader(fd)
+    out["reader_blocked_at_unregister"] = blocked.blocked(settle)
     subprocess.run(["ip", "link", "del", name], check=True)
-    out["woken_by_unregister"] = reader.outcome(limit)
+    out["woken_by_unregister"] = blocked.outcome(limit)
     try:
         os.read(fd, 2048)
         out["read_after_unregister"] = "data"
@@ -232,6 +242,20 @@ def mq(name):
     return out
 
 
+def close_full(name, cycles, frames):
+    """Rings full of frames, closed unread: what tun frees at the close."""
+    queued = 0
+    for _ in range(cycles):
+        fd = open_tap(name)
+        up(name, frames)
+        sock = sender(name)
+        accepted, _ = send(sock, [(i, frame(i, i % 64)) for i in range(frames)])
+        queued += len(accepted)
+        sock.close()
+        os.close(fd)
+    return {"queued": queued}
+
+
 def drain_or_error(fd):
     try:
         return drain(fd)
@@ -241,7 +265,10 @@ def drain_or_error(fd):
 
 def main():
     what, name = sys.argv[1], sys.argv[2]
-    out = reads(name) if what == "reads" else mq(name)
+    if what == "close":
+        out = close_full(name, int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        out = reads(name) if what == "reads" else mq(name)
     print(json.dumps(out), flush=True)
     os._exit(0)  # a reader a broken kernel never woke must not keep us here
 
