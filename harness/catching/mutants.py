@@ -313,7 +313,8 @@ def _is_declaration(text: str) -> bool:
     if _DECL_START.match(t) and not _CONTROL.match(t):
         return True
     # "spinlock_t *lock = NULL;" / "u32 n = 0;": "a * b =" and "a b =" are no expression
-    if re.match(r"^[A-Za-z_]\w*(\s*\*+\s*|\s+)[A-Za-z_]\w*\s*=[^=]", t) and not t.startswith(("return", "goto", "else")):
+    typed_init = re.match(r"^[A-Za-z_]\w*(\s*\*+\s*|\s+)[A-Za-z_]\w*\s*=[^=]", t)
+    if typed_init and not t.startswith(("return", "goto", "else")):
         return True
     # "type *name;" / "type name, other;" with a typedef'd type
     return bool(re.match(r"^[A-Za-z_]\w*(\s+|\s*\*\s*)\*?[A-Za-z_]\w*(\s*\[[^]]*\])?(\s*,\s*\*?\w+)*\s*;$", t)

@@ -31,6 +31,10 @@ def run_and_account(where, dev, threads, leaves):
     assert sent_by_qdisc + dropped_by_qdisc == result.sent + result.errors
     assert dropped_by_qdisc == result.errors
     assert sent_by_qdisc == result.sent
+    # mq's own counters are its children's summed at each dump (mq_dump)
+    root = d.qdisc(dev)
+    assert (root.packets, root.drops) == (sent_by_qdisc, dropped_by_qdisc), f"root {root}"
+    assert (after.qdisc(dev).backlog, after.qdisc(dev).qlen) == (0, 0), f"root {after.qdisc(dev)}"
     # what left the qdisc the driver sent or (veth: a full peer backlog) dropped
     assert d.link(dev).tx.packets + d.link(dev).tx.dropped == sent_by_qdisc
     return result

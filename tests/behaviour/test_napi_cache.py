@@ -16,10 +16,12 @@ from pyroute2 import IPRoute
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from harness.lab.hosts import Container
 from harness.measure.observe import snapshot
 from harness.measure.pktgen import Pktgen
 from harness.measure.slab import NAPI_SKB_CACHE_SIZE, drained_slabs, slack
-from harness.measure.traffic import send_frames
+from harness.measure.tracing import trace_events
+from harness.measure.traffic import send_frames, tcp_stream
 from harness.vocab import delta, wait_until
 
 FRAMES = 20_000
@@ -72,3 +74,35 @@ def test_napi_cache_transmit_completions_leave_no_skb_behind(lab):
     assert result.sent == FRAMES and result.errors == 0, result
     assert sent == FRAMES, f"pktgen sent {FRAMES}, eth0 counted {sent}"
     no_leak(guest, baseline, f"{FRAMES} frames transmitted and completed")
+
+
+NS = "ncsrv"
+GRO_PAIR = (f"ip netns add {NS} && ip link add ncc type veth peer name ncs netns {NS} && "
+            "ip addr add 10.77.8.1/24 dev ncc && ethtool -K ncc tso off gso off >/dev/null && ip link set ncc up && "
+            f"ip -n {NS} addr add 10.77.8.2/24 dev ncs && ip netns exec {NS} ethtool -K ncs gro on >/dev/null && "
+            f"ip -n {NS} link set ncs up && ip -n {NS} link set lo up")
+
+
+@pytest.mark.needs("CONFIG_VETH", "CONFIG_NET_NS", "CONFIG_FTRACE", "CONFIG_SLUB")
+@pytest.mark.guest(vcpus=2)
+def test_napi_cache_gro_merged_segments_leave_no_skb_behind(guest, defer):
+    """TCP over a veth whose receiving end does GRO (its NAPI on), segments
+    of one MSS from a sender without TSO/GSO: GRO merges them, and each
+    merged segment's skb goes back to the NAPI cache (a stolen head:
+    napi_skb_free_stolen_head; else __napi_kfree_skb).  None is left behind."""
+    defer(guest.run, f"ip netns del {NS} 2>/dev/null; ip link del ncc 2>/dev/null; true")
+    guest.check(GRO_PAIR)
+    baseline = drained_slabs(guest)
+    with trace_events(guest, ["net:netif_receive_skb"]) as trace:
+        stream = tcp_stream(Container(guest, NS), guest, "10.77.8.2", seconds=3)
+    merged = [e for e in trace.events if "dev=ncs " in e.fields and _len(e.fields) > 1500]
+    # the state: GRO merged segments, many times what the cache holds
+    assert len(merged) > TURNOVER * NAPI_SKB_CACHE_SIZE, f"{len(merged)} GRO-merged skbs in {stream}"
+    no_leak(guest, baseline, f"{len(merged)} GRO-merged skbs")
+
+
+def _len(fields: str) -> int:
+    for word in fields.split():
+        if word.startswith("len="):
+            return int(word[4:])
+    return 0
