@@ -44,8 +44,9 @@ def _out_dir(args, what: str):
 
 def cmd_mutants(args: argparse.Namespace) -> int:
     from pathlib import Path
-    from .catching.runs import equivalent_file, load_equivalents, run_mutants, targets_equivalent_file
-    from .catching.mutants import Patch, PatchError, constants_for, mutants, parse_targets, targets_patch
+    from .catching.runs import (equivalent_file, load_equivalents, run_mutants, targets_equivalent_file,
+                                write_targets_patch)
+    from .catching.mutants import Patch, PatchError, constants_for, mutants, parse_targets
     out = _out_dir(args, "mutants")
     targets = [*(args.function or []), *(args.lines or [])]
     if args.targets:
@@ -66,12 +67,9 @@ def cmd_mutants(args: argparse.Namespace) -> int:
             raise HarnessError("--function/--lines/--targets read the pristine source: they take no --base-patch "
                                "(to mutate a patch's code, give --patch)")
         try:
-            text = targets_patch(targets, source.files)
+            patch = write_targets_patch(targets, source, out)
         except PatchError as e:
             raise HarnessError(str(e)) from None
-        patch = out / "targets.patch"
-        patch.parent.mkdir(parents=True, exist_ok=True)
-        patch.write_text(text)
         equivalents_file = targets_equivalent_file(Path(args.targets), source) if args.targets else None
     else:
         equivalents_file = None

@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 
 from ..kernel.build import BuildError, Source, Tree
-from .mutants import Mutant, Patch, constants_for, mutants, parse_equivalent
+from .mutants import Mutant, Patch, constants_for, mutants, parse_equivalent, targets_patch
 from .selection import Outcome, run_selection
 from ..util import HarnessError
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("killed", "survived", "timeout", "build_failed", "equivalent")
+STATUSES = ("killed", "survived", "timeout", "not_built", "equivalent")
 
 
 class CatchingError(HarnessError):
@@ -66,7 +66,7 @@ class MutantReport:
         return [r for r in self.results if r.status == "survived"]
 
     def medians(self) -> tuple[float, float]:
-        built = [r.build_s for r in self.results if r.status not in ("equivalent", "build_failed")]
+        built = [r.build_s for r in self.results if r.status not in ("equivalent", "not_built")]
         tested = [r.test_s for r in self.results if r.status in ("killed", "survived", "timeout")]
         return (statistics.median(built) if built else 0.0, statistics.median(tested) if tested else 0.0)
 
@@ -113,6 +113,17 @@ class MutantReport:
 
 def equivalent_file(patch: Path) -> Path:
     return patch.with_name(patch.name + ".equivalent")
+
+
+def write_targets_patch(targets: list[str], source: Source, out_dir: Path) -> Path:
+    """The code ``targets`` (FILE:FUNCTION, FILE:A-B) name in ``source``, as
+    a patch that adds it (what mutants are drawn from), written to
+    ``out_dir``/targets.patch."""
+    patch = out_dir / "targets.patch"
+    text = targets_patch(targets, source.files)
+    patch.parent.mkdir(parents=True, exist_ok=True)
+    patch.write_text(text)
+    return patch
 
 
 def targets_equivalent_file(targets: Path, source: Source) -> Path:
@@ -180,7 +191,7 @@ def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_p
             try:
                 kernel = tree.build([*base, text])
             except BuildError as e:
-                result.status, result.build_s = "build_failed", time.monotonic() - t0
+                result.status, result.build_s = "not_built", time.monotonic() - t0
                 result.detail = _first_error(str(e))
                 _keep_build_log(str(e), out_dir / slug)
                 results.append(result)

@@ -121,6 +121,23 @@ def parse_netdev(text: str) -> dict[str, LinkStats]:
     return out
 
 
+def host_link(ifname: str) -> LinkStats:
+    """The counters of a link in the harness's own namespace (a lab's host
+    tap), through netlink: the same dev_get_stats() counters."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+    try:
+        with IPRoute() as ipr:
+            links = ipr.link("get", ifname=ifname)
+    except NetlinkError:
+        links = []
+    stats = links[0].get("stats64") if links else None
+    if stats is None:
+        raise KeyError(f"link {ifname!r}: no such link here, or no counters")
+    side = lambda d: Direction(*(stats.get(f"{d}_{c}") for c in ("packets", "bytes", "errors", "dropped")))  # noqa: E731
+    return LinkStats(ifname, side("rx"), side("tx"))
+
+
 # --- ethtool -S -------------------------------------------------------------
 
 # Per-queue counter names: virtio_net before 6.10 ("rx_queue_0_packets"),

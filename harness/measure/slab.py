@@ -7,6 +7,7 @@ derived from the cache's own geometry (SLUB's /sys/kernel/slab).
     after = drained_slabs(guest, SKB_CACHES)
     grown = after - before                      # {cache: objects}
     grown.within(slack(guest, SKB_CACHES))      # [] when nothing leaked
+    leaks(guest, before)                        # the same, drained and compared in one call
 
 SLUB's slabinfo counts the free objects of each CPU's slabs as active, and
 the NAPI skb cache holds up to 64 skbs per CPU on purpose: a cache's count
@@ -117,3 +118,10 @@ def slack(where, caches=SKB_CACHES) -> dict[str, int]:
         per_cpu = 2 * (per_slab + partial)  # own slab + partial slabs (2 x cpu_partial objects, rounded up)
         out[c] = cpus * per_cpu + (cpus * NAPI_SKB_CACHE_SIZE if c == "skbuff_head_cache" else 0)
     return out
+
+
+def leaks(where, baseline: SlabCounts, caches=SKB_CACHES) -> list[str]:
+    """What ``caches`` hold beyond ``baseline`` (a drained_slabs reading)
+    once drained again, past each cache's slack: one line per cache; []
+    when nothing leaked."""
+    return (drained_slabs(where, caches) - baseline).within(slack(where, caches))

@@ -9,7 +9,8 @@ import pytest
 from harness.vm.console import CommandTimeout
 from harness.measure.observe import snapshot
 from harness.measure.pktgen import Pktgen
-from harness.measure.traffic import GUEST_AGENT
+from harness.measure.slab import drained_slabs, leaks
+from harness.measure.traffic import GUEST_AGENT, send_from
 from harness.vocab import delta
 
 COUNT = 10_000  # per thread
@@ -58,6 +59,56 @@ def test_lockless_qdisc_pfifo_fast_single_queue(guest, defer):
                 "tc qdisc replace dev lq0 root handle 1: pfifo_fast")
     defer(guest.run, "ip link del lq0")
     run_and_account(guest, "lq0", ncpu, [None])
+
+
+# A qdisc that holds what it is given: mq over a 4-queue veth, each child a
+# tbf at 8 bit/s (its first burst lets a few frames out, the next frame is a
+# minute away) whose own child is pfifo_fast, sized by txqueuelen
+HOLD, HELD = "lqh0", 4000
+HOLDING = (f"ip link add {HOLD} numtxqueues 4 type veth peer name lqh1 && "
+           f"echo 1 > /proc/sys/net/ipv6/conf/{HOLD}/disable_ipv6 && "  # no frames but ours
+           f"ip link set {HOLD} txqueuelen {HELD + 1000} up && ip link set lqh1 up && "
+           f"tc qdisc replace dev {HOLD} root handle 1: mq && "
+           + " && ".join(f"tc qdisc replace dev {HOLD} parent 1:{q} handle {q}0: tbf rate 8bit burst 1600 "
+                         f"limit 100000 && tc qdisc replace dev {HOLD} parent {q}0:1 handle {q}1: pfifo_fast"
+                         for q in range(1, 5)))
+
+
+def hold_frames(guest, defer):
+    """HELD frames sent into HOLDING; the tbf children as they are then."""
+    defer(guest.run, f"ip link del {HOLD}")
+    guest.check(HOLDING)
+    sent, refused = send_from(guest, HOLD, "02:00:00:00:00:09", HELD)
+    tbfs = [q for q in snapshot(guest).children(HOLD) if q.kind == "tbf"]
+    held = sum(q.qlen for q in tbfs)
+    # the state: every frame went in, and all but the first burst's are queued
+    assert (sent, refused) == (HELD, 0), f"sent {sent}, refused {refused}"
+    assert len(tbfs) == 4 and sum(q.drops for q in tbfs) == 0, tbfs
+    assert held + sum(q.packets for q in tbfs) == HELD and held > HELD * 9 // 10, tbfs
+    return tbfs
+
+
+@pytest.mark.needs("CONFIG_VETH", "CONFIG_NET_SCH_TBF")
+def test_lockless_qdisc_mq_counts_the_packets_its_children_hold(guest, defer):
+    """mq's qlen and backlog are its children's, summed at each dump
+    (mq_dump): read while the children hold packets, not only when idle."""
+    tbfs = hold_frames(guest, defer)
+    root = snapshot(guest).qdisc(HOLD)
+    assert (root.kind, root.qlen, root.backlog) == ("mq", sum(q.qlen for q in tbfs), sum(q.backlog for q in tbfs))
+
+
+@pytest.mark.needs("CONFIG_VETH", "CONFIG_NET_SCH_TBF", "CONFIG_SLUB")
+def test_lockless_qdisc_pfifo_fast_frees_what_it_held_when_the_device_goes_down(guest, defer):
+    """A device taken down with packets queued: the reset of its qdiscs
+    (pfifo_fast_reset, through mq's and tbf's) empties them and frees every
+    packet they held."""
+    baseline = drained_slabs(guest)
+    tbfs = hold_frames(guest, defer)
+    guest.check(f"ip link set {HOLD} down")
+    queued = [q for q in snapshot(guest).children(HOLD) if q.qlen or q.backlog]
+    assert not queued, f"after the down: {queued}"
+    beyond = leaks(guest, baseline)
+    assert not beyond, f"after {sum(q.qlen for q in tbfs)} queued packets were reset: {'; '.join(beyond)}"
 
 
 # Measured (tools/bench-lockless): four vCPUs on two host cores catch the

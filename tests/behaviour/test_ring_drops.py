@@ -11,19 +11,13 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from harness.measure.backlog import BACKLOG_NAPI
-from harness.measure.observe import snapshot
+from harness.measure.observe import host_link, snapshot
 from harness.measure.rps import CpuHog, SteeredVeth
 from harness.measure.traffic import send_frames
 from harness.measure.backlog import max_backlog
 from harness.vocab import counting, delta
 
 TUN_RING = Path(__file__).parent / "guest" / "tun_ring.py"
-
-
-def tap_counters(tap):
-    with IPRoute() as ipr:
-        stats = ipr.link("get", ifname=tap)[0].get("stats64")
-    return stats.get("tx_packets"), stats.get("tx_dropped")
 
 
 def set_tx_queue_len(tap, qlen):
@@ -57,17 +51,17 @@ def test_ring_drops_host_tap_with_guest_paused(lab, tx_queue_len):
     frame = bytes(Ether(dst=mac, src="02:00:00:00:00:01", type=0x88b5) / Raw(b"\0" * 46))
     n = 3 * tx_queue_len
     before = snapshot(g1)
-    _, dropped_before = tap_counters(tap)
+    tap_before = host_link(tap)
     g1.pause()
     try:
         sent = send_frames(tap, [frame], n)
-        _, dropped_after = tap_counters(tap)
+        tap_after = host_link(tap)
     finally:
         g1.resume()
     assert sent.accepted + sent.refused == n
     assert tx_queue_len - 16 < sent.accepted <= tx_queue_len, sent.errors
     assert set(sent.errors) == {"ENOBUFS"}
-    assert dropped_after - dropped_before == sent.refused
+    assert (tap_after - tap_before).tx.dropped == sent.refused
     assert wait_rx(g1, before, sent.accepted) == sent.accepted
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.measure.slab import drained_slabs, slack
+from harness.measure.slab import drained_slabs, leaks
 
 TUN_READS = Path(__file__).parent / "guest" / "tun_reads.py"
 RING = 64  # the script's tx_queue_len
@@ -94,5 +94,5 @@ def test_tun_closed_with_a_full_ring_frees_every_queued_frame(guest):
     baseline = drained_slabs(guest)
     r = run(guest, "close", "gtc0", str(cycles), str(frames))
     assert r["queued"] == cycles * frames, "the rings were not full when closed"
-    beyond = (drained_slabs(guest) - baseline).within(slack(guest))
+    beyond = leaks(guest, baseline)
     assert not beyond, f"after {cycles * frames} frames closed in their rings: {'; '.join(beyond)}"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.measure.observe import (MissingCounter, parse_cpu_list, parse_ethtool, parse_interrupts, parse_netdev,
+from harness.measure.observe import (host_link, MissingCounter, parse_cpu_list, parse_ethtool, parse_interrupts, parse_netdev,
                              parse_qdiscs, parse_softnet, parse_threads)
 
 # 13 columns: the 5.10-6.7 layout (6.1), written in its format; 15 columns:
@@ -63,6 +63,13 @@ def test_links_parse_proc_net_dev():
     eth0 = parse_netdev(NETDEV)["eth0"]
     assert (eth0.rx.packets, eth0.rx.bytes, eth0.rx.dropped) == (10, 640, 1)
     assert (eth0.tx.packets, eth0.tx.bytes, eth0.tx.dropped) == (2, 140, 3)
+
+
+def test_host_link_reads_netlink_counters_and_names_a_missing_link():
+    lo = host_link("lo")  # read only: the host's own loopback
+    assert lo.name == "lo" and all(isinstance(n, int) for n in (lo.rx.packets, lo.tx.bytes, lo.tx.dropped))
+    with pytest.raises(KeyError, match="no-such-link0"):
+        host_link("no-such-link0")
 
 
 def test_ethtool_queues_under_both_naming_schemes():
