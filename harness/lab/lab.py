@@ -198,13 +198,14 @@ class Lab:
             xml, args = nics[spec.name] = ([], [])
             for ni, nic in enumerate(spec.nics):
                 tap = self.taps[nic.tap] = plumbing.links[nic.tap]
-                vhost = nic.vhost != "off" and vhost_net
+                vhost = nic.model == "virtio" and nic.vhost != "off" and vhost_net
                 self.backends[nic.tap] = "vhost" if vhost else "userspace"
                 mac = self._mac(gi, ni, nic)
                 if vhost and self.accel != "kvm":
                     args += render.nic_args(tap=tap, mac=mac, queues=nic.queues, mtu=nic.mtu, index=ni)
                 else:
-                    xml.append(render.nic_xml(tap=tap, mac=mac, queues=nic.queues, vhost=vhost, mtu=nic.mtu))
+                    xml.append(render.nic_xml(tap=tap, mac=mac, queues=nic.queues, vhost=vhost, mtu=nic.mtu,
+                                              nic_model=nic.model))
         self.host_namespaces = {short: self.host.namespace(netns, short)
                                 for short, netns in plumbing.namespaces.items()}
         return nics

@@ -49,10 +49,13 @@ class TopologyError(HarnessError):
 
 # -- the model ------------------------------------------------------------------
 
+NIC_MODELS = ("virtio", "rtl8139")
+
 @dataclasses.dataclass(frozen=True)
 class Nic:
-    """A guest virtio-net NIC on a host tap."""
+    """A guest NIC on a host tap: virtio-net, or an emulated rtl8139."""
     tap: str                              # host tap's short name (prefixed on the host)
+    model: str = "virtio"                 # virtio | rtl8139 (8139cp: TX completions freed in hard IRQ)
     queues: int = 1
     vhost: str = "auto"                   # auto | on | off
     mac: str | None = None
@@ -120,6 +123,8 @@ class Guest:
             needs += ["CONFIG_NET_NS", "CONFIG_VETH"]
         if any(n.rps for n in self.nics):
             needs.append("CONFIG_RPS")
+        if any(n.model == "rtl8139" for n in self.nics):
+            needs.append("CONFIG_8139CP")
         kinds = {l.qdisc for c in self.containers for l in c.links if l.qdisc}
         if kinds:
             needs.append("CONFIG_NET_SCHED")
@@ -299,6 +304,13 @@ def _check_values(obj, source, path):
             bad("queues", f"expected 1 to 16, got {obj.queues}")
         if obj.vhost not in ("auto", "on", "off"):
             bad("vhost", f"expected auto, on or off, got {obj.vhost!r}")
+        if obj.model not in NIC_MODELS:
+            bad("model", f"expected one of {', '.join(NIC_MODELS)}, got {obj.model!r}")
+        if obj.model != "virtio":
+            # one queue, QEMU's own backend, the Ethernet MTU: what the emulated chip has
+            for field, got, only in (("queues", obj.queues, 1), ("vhost", obj.vhost, "off"), ("mtu", obj.mtu, 1500)):
+                if got not in (only, "auto"):
+                    bad(field, f"a {obj.model} NIC has {only}, got {got!r}")
         if obj.mac is not None and not MAC.fullmatch(obj.mac.lower()):
             bad("mac", f"expected six hex pairs like 52:54:00:12:34:56, got {obj.mac!r}")
         if not 68 <= obj.mtu <= 65535:

@@ -60,12 +60,16 @@ def nic_args(*, tap: str, mac: str, queues: int, mtu: int, index: int) -> list[s
     return ["-netdev", netdev, "-device", device]
 
 
-def nic_xml(*, tap: str, mac: str, queues: int, vhost: bool, mtu: int) -> str:
-    """A virtio NIC on a host tap that the lab made (managed='no')."""
-    driver = f"<driver name='{'vhost' if vhost else 'qemu'}' queues='{int(queues)}'/>"
+def nic_xml(*, tap: str, mac: str, queues: int, vhost: bool, mtu: int, nic_model: str = "virtio") -> str:
+    """A NIC on a host tap that the lab made (managed='no'); an emulated
+    chip (rtl8139) has no queues, vhost or MTU to set."""
+    driver, mtu_xml = "", ""
+    if nic_model == "virtio":
+        driver = f"<driver name='{'vhost' if vhost else 'qemu'}' queues='{int(queues)}'/>"
+        mtu_xml = f"<mtu size='{int(mtu)}'/>"
     return (f"<interface type='ethernet'><mac address={quoteattr(mac)}/>"
-            f"<target dev={quoteattr(tap)} managed='no'/><model type='virtio'/>{driver}"
-            f"<mtu size='{int(mtu)}'/></interface>")
+            f"<target dev={quoteattr(tap)} managed='no'/><model type='{nic_model}'/>{driver}"
+            f"{mtu_xml}</interface>")
 
 
 def nginx_conf(directory: str, workers: int, proxy_to: str | None) -> str:
@@ -94,6 +98,8 @@ def guest_setup(spec: model.Guest, macs: list[str]) -> str:
     batch: list[str] = []
     for ni, (nic, mac) in enumerate(zip(spec.nics, macs, strict=False)):
         dev = f"eth{ni}"
+        if nic.model == "rtl8139":
+            lines.append("modprobe -q 8139cp || true")  # a modular kernel's; built in, a no-op
         lines += [
             f"d=; for a in /sys/class/net/*/address; do read -r m < \"$a\"; "
             f"[ \"$m\" = {q(mac)} ] && d=${{a%/address}}; done",

@@ -18,11 +18,12 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from harness.lab.hosts import Container
+from harness.lab.topo import Topo
 from harness.measure.observe import host_link, snapshot
 from harness.measure.pktgen import Pktgen
 from harness.measure.slab import NAPI_SKB_CACHE_SIZE, drained_slabs, leaks
-from harness.measure.tracing import trace_events
-from harness.measure.traffic import send_frames, tcp_stream
+from harness.measure.tracing import count, trace_events
+from harness.measure.traffic import send_frames, send_from, tcp_stream
 from harness.vocab import delta, wait_until
 
 TUN_NAPI_GRO = Path(__file__).parent / "guest" / "tun_napi_gro.py"
@@ -111,3 +112,47 @@ def test_napi_cache_gro_stolen_heads_leave_no_skb_behind(guest):
     assert r["written"] == r["rx_packets"] == FRAMES, r
     assert 0 < delivered <= FRAMES // 4, f"GRO delivered {delivered} packets for {FRAMES} segments"
     no_leak(guest, baseline, f"{FRAMES - delivered} segments merged by GRO")
+
+
+def rtl8139_lab():
+    """One guest whose NIC is an emulated rtl8139 (8139cp), a host
+    namespace on its tap."""
+    t = Topo("rtl8139")
+    t.guest("g1", vcpus=2).nic("t0", model="rtl8139", address="10.77.9.2/24")
+    t.host_namespace("peer").link("p0", "tap:t0", "10.77.9.1/24")
+    return t
+
+
+PLAIN = 4000  # frames of our own through the completion queue, and at least as many TCP skbs
+
+
+@pytest.mark.needs("CONFIG_8139CP", "CONFIG_FTRACE", "CONFIG_SLUB")
+def test_napi_cache_hard_irq_completions_net_tx_action_frees_leave_no_skb_behind(lab):
+    """A NIC that frees what it sent in hard IRQ (8139cp's TX interrupt:
+    dev_consume_skb_irq) puts the skbs on its CPU's completion queue, and
+    net_tx_action frees them: plain ones through the NAPI cache
+    (__napi_kfree_skb), TCP's clones through __kfree_skb.  Raw frames and
+    a TCP stream, then none is left behind."""
+    rtl = lab(rtl8139_lab())
+    g1, peer = rtl.guest("g1"), rtl.host_ns("peer")
+    baseline = drained_slabs(g1)
+    plain, drain_limit = 0, None
+    queued = lambda: snapshot(g1).qdisc("eth0").qlen  # noqa: E731
+    with trace_events(g1, ["skb:consume_skb"], buffer_kb=8192) as trace:
+        while plain < PLAIN:
+            sent, _ = send_from(g1, "eth0", "02:00:00:00:00:09", 500)
+            plain += sent
+            # the first drain is the chip's measured speed; the later ones get ten times it
+            waited = wait_until(lambda: queued() == 0, timeout=drain_limit or 600)
+            assert queued() == 0, f"eth0's qdisc still holds {queued()} frames after {waited:.1f} s"
+            drain_limit = drain_limit or max(10 * waited, 5.0)
+        # TCP (TSO: the chip takes 64 KB skbs) until as many skbs went out
+        before, tcp = snapshot(g1), 0
+        while tcp < PLAIN:
+            tcp_stream(peer, g1, "10.77.9.1", seconds=3)
+            tcp = delta(before, snapshot(g1)).link("eth0").tx.packets
+    completed = count(trace.events, "consume_skb", where="net_tx_action")
+    # the state: every frame and every TCP skb went through the completion queue
+    assert trace.lost == 0, f"{trace.lost} trace events lost"
+    assert completed >= plain + tcp, f"net_tx_action freed {completed} skbs; {plain} frames and {tcp} TCP skbs sent"
+    no_leak(g1, baseline, f"{completed} skbs freed from the completion queue")

@@ -52,6 +52,17 @@ def test_nic_xml():
     golden("nic.xml", render.nic_xml(tap="nh1a2bt0", mac="52:54:1a:2b:00:00", queues=2, vhost=False, mtu=1500) + "\n")
 
 
+def test_nic_xml_of_an_emulated_chip_has_no_queues_vhost_or_mtu():
+    golden("nic-rtl8139.xml", render.nic_xml(tap="nh1a2bt0", mac="52:54:1a:2b:00:00", queues=1, vhost=False,
+                                             mtu=1500, nic_model="rtl8139") + "\n")
+
+
+def test_guest_setup_loads_8139cp_before_it_looks_for_the_nic():
+    spec = model.Guest("g1", nics=(model.Nic("t0", model="rtl8139"),))
+    script = render.guest_setup(spec, ["52:54:00:00:00:01"])
+    assert script.index("modprobe -q 8139cp") < script.index("52:54:00:00:00:01")
+
+
 def test_nginx_conf_server_and_proxy():
     golden("nginx.conf", render.nginx_conf("/run/harness/lab/server", 2, None)
            + render.nginx_conf("/run/harness/lab/proxy", 2, "10.77.2.2"))
