@@ -24,6 +24,7 @@ import pytest
 
 from .env import prepare
 from .vm.guest import Guest
+from .vm.kmemleak import MIN_AGE_S, Kmemleak
 from .vm.splat import Splat
 from .invocation import named_by_option
 from .kernel.kernel import Kernel, KernelPathError
@@ -93,6 +94,7 @@ class HarnessSession:
         self.ready_error: str | None = None
         self._ready = False
         self._flooded: set[Guest] = set()
+        self._kmemleak: dict[Guest, Kmemleak] = {}
         self._log_dir: Path | None = None
         self.guest_numbers = itertools.count(1)
         self.cleanups: list = []  # more to stop with the guests (the selftests' pool)
@@ -228,6 +230,27 @@ class HarnessSession:
                 (out / f"{guest.name}.console.log").write_text(guest.console.text(start, end) + "\n")
         return found
 
+    # -- kmemleak: a kernel built with images/kconfig/kmemleak.config ----------
+    def kmemleak_baseline(self) -> None:
+        """Each new live guest probed; what its boot left is cleared."""
+        new = [g for g in self.guests if g.alive and g not in self._kmemleak]
+        found = [d for d in (self._kmemleak.setdefault(g, Kmemleak(g)) for g in new) if d.available]
+        for detector in found:
+            detector.collect(waited=MIN_AGE_S if detector is not found[0] else 0.0)
+
+    def collect_leaks(self) -> list[str]:
+        """The objects kmemleak found unreferenced since the previous test,
+        per live guest whose kernel has it (one wait for all of them); a
+        guest the test itself booted is probed now, its boot counted in."""
+        detectors = [(g, self._kmemleak.setdefault(g, Kmemleak(g))) for g in self.guests if g.alive]
+        texts = []
+        for n, (guest, detector) in enumerate(d for d in detectors if d[1].available):
+            leaks = detector.collect(waited=MIN_AGE_S if n else 0.0)
+            if leaks:
+                texts.append(f"kmemleak in guest {guest.name}: {len(leaks)} unreferenced object(s):\n"
+                             + "\n".join(f"  {leak.summary()}" for leak in leaks[:20]))
+        return texts
+
     # -- kernel needs: skip before any guest boots -----------------------------
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -245,6 +268,7 @@ class HarnessSession:
             reasons = unmet(guest.kernel, item_needs(item), ask=guest.ask)
             if reasons:
                 pytest.skip("; ".join(reasons))
+        self.kmemleak_baseline()
         allowed = _allowed_splats(item)
         for guest in self.guests:
             if guest.agent is not None:
@@ -285,6 +309,8 @@ class HarnessSession:
         allowed = _allowed_splats(item)
         splats = [(g, s) for g, s in self.collect_splats(item) if s.kind not in allowed]
         texts = [f"kernel splat in guest {g.name} ({s.kind}):\n{s.text}" for g, s in splats]
+        if "kmemleak" not in allowed:
+            texts += self.collect_leaks()
         for guest in list(self.guests):
             flood = guest.console.flood if guest.console is not None else None
             if flood is not None and guest not in self._flooded:
