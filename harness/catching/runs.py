@@ -57,6 +57,7 @@ class MutantReport:
     reference_s: float          # the unmutated kernel's run of the selection
     results: list[MutantResult]
     wall_s: float
+    reference_runs: int = 1     # the unmutated kernel passed the selection this many times in a row
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -84,15 +85,15 @@ class MutantReport:
     def to_json(self) -> dict:
         build_s, test_s = self.medians()
         return {"patch": self.patch, "selection": self.selection, "kernel": self.kernel,
-                "reference_s": self.reference_s, "wall_s": self.wall_s,
+                "reference_s": self.reference_s, "reference_runs": self.reference_runs, "wall_s": self.wall_s,
                 "totals": {s: self.count(s) for s in STATUSES} | {"mutants": len(self.results)},
                 "mutant_build_s": build_s, "mutant_test_s": test_s,
                 "mutants": [dataclasses.asdict(r) for r in self.results]}
 
     def markdown(self) -> str:
         out = [f"# Mutants of `{self.patch}`", "",
-               f"Selection `-k {self.selection!r}` on {self.kernel}; the unmutated kernel passed it in "
-               f"{self.reference_s:.0f}s.", "",
+               f"Selection `-k {self.selection!r}` on {self.kernel}; the unmutated kernel passed it "
+               f"{self.reference_runs} time(s) in a row, in {self.reference_s:.0f}s (median).", "",
                "| mutant | status | killed by / why |", "| --- | --- | --- |"]
         out += [f"| `{r.id}` | {r.status} | {(r.killed_by or r.detail).replace('|', '/')} |" for r in self.results]
         survivors = self.survivors
@@ -147,9 +148,12 @@ def load_equivalents(patch: Path, found: list[Mutant], path: Path | None = None)
 
 def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_patches=(), fragments=(),
                 deadline_s: float = 900, only=None, include_equivalent: bool = False, keep: bool = False,
-                accel: str = "auto", jobs: int | None = None, equivalents_file: Path | None = None) -> MutantReport:
+                accel: str = "auto", jobs: int | None = None, equivalents_file: Path | None = None,
+                reference_runs: int = 1) -> MutantReport:
     """Build and test every mutant of ``patch`` (or those named in ``only``);
-    the equivalent ones are listed beside the patch, or in ``equivalents_file``."""
+    the equivalent ones are listed beside the patch, or in ``equivalents_file``.
+    The unmutated kernel runs the selection ``reference_runs`` times first,
+    and must pass every time: a kill on a flaky selection proves nothing."""
     patch = Path(patch).resolve()
     parsed = Patch.parse(patch.read_text())
     found = mutants(parsed, constants_for(parsed, source.files))
@@ -168,16 +172,20 @@ def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_p
     base = [Path(p) for p in base_patches]
     with Tree(source, fragments, jobs=jobs) as tree:
         unmutated = tree.build([*base, patch])
-        log.info("mutants: the unmutated kernel: %s; running the selection on it", unmutated)
-        reference = run_selection(unmutated, expr, deadline_s=deadline_s, log_dir=out_dir / "reference",
-                                  accel=accel)
-        if reference.status != "passed":
-            raise CatchingError(f"the unmutated kernel does not pass -k {expr!r} ({reference.status}: "
-                                f"{reference.summary()}); logs: {out_dir / 'reference'}")
-        if not reference.count("passed"):
-            # every mutant would survive a selection that does not run
-            raise CatchingError(f"no test of -k {expr!r} ran on the unmutated kernel ({reference.summary()}): "
-                                f"the skips name what it lacks; logs: {out_dir / 'reference'}")
+        reference_s = []
+        for run in range(1, reference_runs + 1):
+            log.info("mutants: the unmutated kernel: %s; running the selection on it (%d of %d)", unmutated, run,
+                     reference_runs)
+            logs = out_dir / ("reference" if reference_runs == 1 else f"reference-{run}")
+            reference = run_selection(unmutated, expr, deadline_s=deadline_s, log_dir=logs, accel=accel)
+            if reference.status != "passed":
+                raise CatchingError(f"the unmutated kernel does not pass -k {expr!r} (run {run} of "
+                                    f"{reference_runs}: {reference.status}: {reference.summary()}); logs: {logs}")
+            if not reference.count("passed"):
+                # every mutant would survive a selection that does not run
+                raise CatchingError(f"no test of -k {expr!r} ran on the unmutated kernel ({reference.summary()}): "
+                                    f"the skips name what it lacks; logs: {logs}")
+            reference_s.append(reference.seconds)
         for n, mutant in enumerate(found, 1):
             result = MutantResult(mutant.id, mutant.operator, mutant.describe(), "", diff=mutant.diff())
             if mutant.id in equivalents and not include_equivalent:
@@ -205,7 +213,8 @@ def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_p
                      result.status, result.build_s, result.test_s, result.killed_by or result.detail)
             if not keep:
                 shutil.rmtree(kernel, ignore_errors=True)
-    return MutantReport(patch.name, expr, source.identity, reference.seconds, results, time.monotonic() - t_start)
+    return MutantReport(patch.name, expr, source.identity, statistics.median(reference_s), results,
+                        time.monotonic() - t_start, reference_runs=reference_runs)
 
 
 def _first_error(text: str) -> str:
