@@ -89,7 +89,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     report = run_mutants(source, patch, expr=args.k, out_dir=out, base_patches=args.base_patch,
                          fragments=args.config, deadline_s=args.deadline, only=args.mutant,
                          include_equivalent=args.include_equivalent, keep=args.keep, accel=args.accel,
-                         jobs=args.jobs, equivalents_file=equivalents_file)
+                         jobs=args.jobs, equivalents_file=equivalents_file, reference_runs=args.reference_runs)
     print(report.table())
     for path in report.write(out):
         print(f"wrote {path}")
@@ -353,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mu.add_argument("--list", action="store_true", help="list the mutants and exit (builds nothing)")
     mu.add_argument("--include-equivalent", action="store_true", help="run the mutants listed as equivalent too")
     mu.add_argument("--keep", action="store_true", help="keep each mutant's kernel in the build cache")
+    mu.add_argument("--reference-runs", type=int, default=1, metavar="N",
+                    help="the unmutated kernel must pass the selection N times in a row first (default 1)")
     _add_source_args(mu)
     mu.set_defaults(fn=cmd_mutants)
     vf = sub.add_parser("verify-fix", help="the selection must fail without a fix and pass with it")

@@ -154,6 +154,8 @@ def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_p
     the equivalent ones are listed beside the patch, or in ``equivalents_file``.
     The unmutated kernel runs the selection ``reference_runs`` times first,
     and must pass every time: a kill on a flaky selection proves nothing."""
+    if reference_runs < 1:
+        raise CatchingError(f"--reference-runs {reference_runs}: expected 1 or more")
     patch = Path(patch).resolve()
     parsed = Patch.parse(patch.read_text())
     found = mutants(parsed, constants_for(parsed, source.files))

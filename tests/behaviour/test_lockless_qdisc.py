@@ -17,13 +17,13 @@ COUNT = 10_000  # per thread
 pytestmark = pytest.mark.needs(Pktgen, "CONFIG_NET_SCHED")
 
 
-def run_and_account(where, dev, threads, leaves, count=COUNT):
+def run_and_account(where, dev, threads, leaves):
     before = snapshot(where)
-    result = Pktgen(where).run(dev, count=count, threads=threads, xmit_mode="queue_xmit",
+    result = Pktgen(where).run(dev, count=COUNT, threads=threads, xmit_mode="queue_xmit",
                                dst_mac="02:00:00:00:00:09")
     after = snapshot(where)
     d = delta(before, after)
-    assert result.sent == count * threads
+    assert result.sent == COUNT * threads
     for leaf in leaves:
         q = after.qdisc(dev, leaf)
         assert (q.kind, q.backlog, q.qlen) == ("pfifo_fast", 0, 0), f"stuck packets in {q}"
@@ -59,26 +59,6 @@ def test_lockless_qdisc_pfifo_fast_single_queue(guest, defer):
                 "tc qdisc replace dev lq0 root handle 1: pfifo_fast")
     defer(guest.run, "ip link del lq0")
     run_and_account(guest, "lq0", ncpu, [None])
-
-
-@pytest.mark.needs("CONFIG_VETH")
-@pytest.mark.guest(vcpus=2)
-def test_lockless_qdisc_a_run_that_used_its_quota_is_rescheduled(guest, defer):
-    """A lockless qdisc's run that stops at its quota (dev_tx_weight) marks
-    the qdisc MISSED and leaves the rest to the next run, which
-    qdisc_run_end schedules.  With a quota of one packet
-    (net.core.dev_weight=1) every run that sends ends so: one pktgen
-    thread per vCPU into pfifo_fast, then the qdisc is empty and every
-    packet is accounted (a packet left behind also holds pktgen)."""
-    weight = guest.check("sysctl -n net.core.dev_weight").stdout.strip()
-    defer(guest.check, f"sysctl -qw net.core.dev_weight={weight}")
-    guest.check("sysctl -qw net.core.dev_weight=1")
-    assert guest.check("sysctl -n net.core.dev_weight").stdout.strip() == "1"
-    ncpu = int(guest.check("nproc").stdout)
-    defer(guest.run, "ip link del lq0")
-    guest.check("ip link add lq0 type veth peer name lq1 && ip link set lq0 up && ip link set lq1 up && "
-                "tc qdisc replace dev lq0 root handle 1: pfifo_fast")
-    run_and_account(guest, "lq0", ncpu, [None], count=COUNT // 5)
 
 
 # A qdisc that holds what it is given: mq over a 4-queue veth, each child a

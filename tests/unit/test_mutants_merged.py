@@ -69,3 +69,9 @@ def test_a_targets_file_is_one_target_a_line_with_comments():
                          "t") == ["net/core/skbuff.c:skb_attempt_defer_free", "net/core/dev.c:10-20"]
     with pytest.raises(PatchError, match=r"t:1: 'skbuff.c skb_free': expected FILE:FUNCTION or FILE:A-B"):
         parse_targets("skbuff.c skb_free\n", "t")
+
+
+def test_reference_runs_below_one_is_refused_before_anything_is_built(tmp_path):
+    from harness.catching.runs import CatchingError, run_mutants
+    with pytest.raises(CatchingError, match="--reference-runs 0: expected 1 or more"):
+        run_mutants(None, tmp_path / "none.patch", expr="x", out_dir=tmp_path, reference_runs=0)  # type: ignore[arg-type]
