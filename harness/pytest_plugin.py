@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import datetime
 import itertools
+import logging
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ from .kernel.needs import Version, unmet
 from .ksft import items as ksft_items
 from .util import (ACCELS, GUEST_MEMORY_MB, GUEST_VCPUS, HarnessError, Unavailable, install_terminate_handler,
                    teardown_section)
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pluggy import Result
@@ -151,6 +154,7 @@ class HarnessSession:
         guest = Guest(name, self.kernel, accel=self.accel or "tcg", log_dir=self.log_dir, **params)
         guest.start()
         self.guests.append(guest)
+        self.probe_kmemleak([guest])
         return guest
 
     def stop_guest(self, guest: Guest) -> None:
@@ -192,6 +196,7 @@ class HarnessSession:
                 self.labs.remove(lab)
             raise
         self.guests += lab.all_guests
+        self.probe_kmemleak(lab.all_guests)
         return lab
 
     def stop_lab(self, lab: Lab) -> None:
@@ -231,24 +236,38 @@ class HarnessSession:
         return found
 
     # -- kmemleak: a kernel built with images/kconfig/kmemleak.config ----------
-    def kmemleak_baseline(self) -> None:
-        """Each new live guest probed; what its boot left is cleared."""
-        new = [g for g in self.guests if g.alive and g not in self._kmemleak]
-        found = [d for d in (self._kmemleak.setdefault(g, Kmemleak(g)) for g in new) if d.available]
-        for detector in found:
-            detector.collect(waited=MIN_AGE_S if detector is not found[0] else 0.0)
+    def probe_kmemleak(self, guests: list[Guest]) -> None:
+        """Each guest just booted: its kmemleak, if its kernel has one, with
+        what the boot left cleared (one wait for all of them)."""
+        found = []
+        for guest in guests:
+            self._kmemleak[guest] = detector = Kmemleak(guest)
+            if detector.available:
+                found.append(detector)
+        for n, detector in enumerate(found):
+            try:
+                detector.collect(waited=MIN_AGE_S if n else 0.0)
+            except HarnessError as e:
+                detector.available = False
+                log.warning("kmemleak in guest %s: left alone: %s", detector.where.name, e)
 
     def collect_leaks(self) -> list[str]:
         """The objects kmemleak found unreferenced since the previous test,
-        per live guest whose kernel has it (one wait for all of them); a
-        guest the test itself booted is probed now, its boot counted in."""
-        detectors = [(g, self._kmemleak.setdefault(g, Kmemleak(g))) for g in self.guests if g.alive]
+        per live guest whose kernel has it (one wait for all of them).  A
+        collection that fails is named, and that guest is not asked again."""
+        detectors = [(g, d) for g in self.guests if g.alive and (d := self._kmemleak.get(g)) and d.available]
         texts = []
-        for n, (guest, detector) in enumerate(d for d in detectors if d[1].available):
-            leaks = detector.collect(waited=MIN_AGE_S if n else 0.0)
-            if leaks:
-                texts.append(f"kmemleak in guest {guest.name}: {len(leaks)} unreferenced object(s):\n"
-                             + "\n".join(f"  {leak.summary()}" for leak in leaks[:20]))
+        for n, (guest, detector) in enumerate(detectors):
+            try:
+                count, leaks = detector.collect(waited=MIN_AGE_S if n else 0.0)
+            except HarnessError as e:
+                detector.available = False
+                texts.append(f"kmemleak in guest {guest.name}: could not collect: {e}")
+                continue
+            if count:
+                more = f" (the first {len(leaks)})" if count > len(leaks) else ""
+                texts.append(f"kmemleak in guest {guest.name}: {count} unreferenced object(s){more}:\n"
+                             + "\n".join(f"  {leak.summary()}" for leak in leaks))
         return texts
 
     # -- kernel needs: skip before any guest boots -----------------------------
@@ -268,7 +287,6 @@ class HarnessSession:
             reasons = unmet(guest.kernel, item_needs(item), ask=guest.ask)
             if reasons:
                 pytest.skip("; ".join(reasons))
-        self.kmemleak_baseline()
         allowed = _allowed_splats(item)
         for guest in self.guests:
             if guest.agent is not None:
@@ -309,8 +327,9 @@ class HarnessSession:
         allowed = _allowed_splats(item)
         splats = [(g, s) for g, s in self.collect_splats(item) if s.kind not in allowed]
         texts = [f"kernel splat in guest {g.name} ({s.kind}):\n{s.text}" for g, s in splats]
+        leaks = self.collect_leaks()  # collected (and cleared) even where allowed
         if "kmemleak" not in allowed:
-            texts += self.collect_leaks()
+            texts += leaks
         for guest in list(self.guests):
             flood = guest.console.flood if guest.console is not None else None
             if flood is not None and guest not in self._flooded:

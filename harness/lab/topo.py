@@ -60,7 +60,7 @@ class GuestNode(_Node):
     """A guest: its NICs, its containers, a lab nested in it."""
 
     def nic(self, tap: str, **options: Any) -> GuestNode:
-        """A virtio-net NIC on host tap ``tap`` (queues, vhost, bridge, address, rps, ...)."""
+        """A NIC on host tap ``tap`` (model, queues, vhost, bridge, address, rps, ...)."""
         self.data.setdefault("nics", []).append(_set(tap=tap, **options))
         return self
 

@@ -19,6 +19,7 @@ thread lists, sysctls) are the later snapshot's values.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fnmatch
 import re
 
@@ -129,7 +130,9 @@ def host_link(ifname: str) -> LinkStats:
     try:
         with IPRoute() as ipr:
             links = ipr.link("get", ifname=ifname)
-    except NetlinkError:
+    except NetlinkError as e:
+        if e.code != errno.ENODEV:
+            raise
         links = []
     stats = links[0].get("stats64") if links else None
     if stats is None:

@@ -2,11 +2,10 @@
 frames sent from the host into a guest NIC (the parsers: tests/unit)."""
 import time
 
-from pyroute2 import IPRoute
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from harness.measure.observe import snapshot
+from harness.measure.observe import host_link, snapshot
 from harness.measure.traffic import send_frames
 from harness.vocab import delta
 
@@ -34,17 +33,14 @@ def test_frames_from_the_host_are_counted_exactly_in_the_guest(lab):
     mac = g1.check("cat /sys/class/net/eth0/address").stdout.strip()
     frame = bytes(Ether(dst=mac, src="02:00:00:00:00:01", type=0x88b5) / Raw(b"\0" * 46))
     n = 500  # under the tap's ring (tx_queue_len 1000): none may be dropped
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=tap)[0]
-        tx_before = ipr.link("get", index=index)[0].get("stats64").get("tx_packets")
-        before = snapshot(g1)
-        sent = send_frames(tap, [frame], n)
-        assert (sent.accepted, sent.refused) == (n, 0), sent.errors
-        for _ in range(100):  # the guest reads its queue at TCG speed
-            d = delta(before, snapshot(g1))
-            if d.link("eth0").rx.packets >= n:
-                break
-            time.sleep(0.1)
-        tx_after = ipr.link("get", index=index)[0].get("stats64").get("tx_packets")
+    tap_before = host_link(tap)
+    before = snapshot(g1)
+    sent = send_frames(tap, [frame], n)
+    assert (sent.accepted, sent.refused) == (n, 0), sent.errors
+    for _ in range(100):  # the guest reads its queue at TCG speed
+        d = delta(before, snapshot(g1))
+        if d.link("eth0").rx.packets >= n:
+            break
+        time.sleep(0.1)
     assert d.link("eth0").rx.packets == n
-    assert tx_after - tx_before == n
+    assert (host_link(tap) - tap_before).tx.packets == n

@@ -2,7 +2,7 @@
 named by the first frame below the allocator."""
 import pytest
 
-from harness.vm.kmemleak import KmemleakError, parse_kmemleak
+from harness.vm.kmemleak import KmemleakError, parse_collection, parse_kmemleak
 
 # the shape mm/kmemleak.c's print_unreferenced writes (6.12)
 REPORT = """\
@@ -38,6 +38,19 @@ def test_kmemleak_report_parses_each_object_and_names_its_allocator():
     assert "232 bytes at 0xffff888003c4e900 from __build_skb" in first.summary()
 
 
+def test_frames_as_kernels_before_6_6_print_them_are_named_the_same():
+    old = REPORT.replace("    __build_skb+0x23/0x60", "    [<ffffffff81a2b3c4>] __build_skb+0x23/0x60")
+    assert parse_kmemleak(old)[0].allocated_by == "__build_skb+0x23/0x60"
+
+
+def test_a_collection_is_the_count_then_the_first_objects():
+    count, leaks = parse_collection("count 2000\n" + REPORT)
+    assert count == 2000 and len(leaks) == 2
+    assert parse_collection("count 0\n") == (0, [])
+    with pytest.raises(KmemleakError, match="expected 'count N' first"):
+        parse_collection(REPORT)
+
+
 def test_an_empty_report_is_no_leak():
     assert parse_kmemleak("") == [] and parse_kmemleak("\n\n") == []
 
@@ -46,6 +59,8 @@ def test_an_empty_report_is_no_leak():
     ("garbage before any object\n", "line 1"),
     ("unreferenced object 0xffff888003c4e900 (size 232):\n  backtrace (crc 1):\n    f+0x1/0x2\n", "no comm line"),
     (REPORT + "\x1b[31mnot a report line\n", "line 20"),
+    (REPORT.replace("    00 00 00 00 00 00 00 00 00 00", "    rm -rf / 00 00 00 00 00"), "line 4"),
+    (REPORT.replace("  hex dump (first 32 bytes):", "    some_function+0x1/0x2"), "line 3"),
 ])
 def test_a_malformed_report_is_one_error_naming_the_line(text, named):
     with pytest.raises(KmemleakError, match=named):
