@@ -208,6 +208,21 @@ def timing_args(kernel: Kernel, accel: str) -> list[str]:
     return [f"lpj={khz * 1000 // hz}", f"tsc_early_khz={khz}", "tsc=reliable"]
 
 
+def local_timer_ticks(interrupts: str) -> list[int]:
+    """Per-CPU counts of /proc/interrupts' LOC line (local timer
+    interrupts), one per CPU column of its header."""
+    lines = interrupts.splitlines()
+    ncpu = len(lines[0].split()) if lines else 0
+    for line in lines[1:]:
+        name, _, rest = line.partition(":")
+        if name.strip() == "LOC":
+            counts = rest.split()[:ncpu]
+            if len(counts) == ncpu and all(c.isdigit() for c in counts):
+                return [int(c) for c in counts]
+            break
+    raise GuestError(f"/proc/interrupts: expected a 'LOC: <{ncpu} counts>' line, got {interrupts[:200]!r}")
+
+
 def kernel_cmdline(*, name: str, accel: str, timing: Sequence[str] = (), modules: str = "", venv: str = "",
                    keep: Sequence[str] = (), extra: str = "") -> list[str]:
     """A guest's kernel command line, one argument per item (joined once,
@@ -282,9 +297,9 @@ class Guest(Endpoint):
             self._boot()
         except BootWedged as e:
             # TCG loses a timer interrupt of a halted vCPU now and then (seen
-            # once in ~150 boots, a CI run's worth: CPU 0 idle at 3 s, never
-            # woken again, an RCU stall report at 21 s); that boot never
-            # ends, the next one does
+            # about once in 150 boots, a CI run's worth: CPU 0 idle at 2-3 s,
+            # never ticking again, an RCU stall report at 21-23 s, before or
+            # after the agent's hello); that boot is lost, the next one is not
             log.warning("%s: %s; booting it once more", self.name, e)
             with contextlib.suppress(OSError), open(e.log_path, "a") as f:
                 f.write(f"--- harness: {e}; booting it once more ---\n")
@@ -327,6 +342,8 @@ class Guest(Endpoint):
             created = time.monotonic()
             self._dom.resume()
             self.release = self._wait_ready(log_dir / f"{self.name}.console.log")
+            if self.accel == "tcg" and self.vcpus > 1:
+                self._check_every_cpu_ticks(log_dir / f"{self.name}.console.log")
             log.info("%s: domain created in %.1fs, up %.1fs later", self.name, created - t0,
                      time.monotonic() - created)
         except BaseException:
@@ -349,6 +366,22 @@ class Guest(Endpoint):
                 stalls = [s for s in self.console.splats_between(0) if s.kind == "rcu_stall"]
                 if stalls and self.accel == "tcg":
                     raise BootWedged(f"the boot stalled ({stalls[0].title})", log_path) from None
+
+    def _check_every_cpu_ticks(self, log_path: Path, tries: int = 20):
+        """BootWedged unless every vCPU's local timer advances: a vCPU that
+        lost its timer while halted early in the boot (TCG) lets the boot
+        finish on the others, but never runs its timers or its per-CPU
+        kthreads again (seen: CPU 0 idle from 2 s, its RCU stall report at
+        23 s, in the middle of a test).  With nohz=off an idle CPU ticks
+        too, so a count that does not move in a few guest ticks is lost."""
+        first = local_timer_ticks(self.check("cat /proc/interrupts").stdout)
+        for _ in range(tries):
+            now = local_timer_ticks(self.check("sleep 0.05; cat /proc/interrupts").stdout)
+            stuck = [cpu for cpu, (a, b) in enumerate(zip(first, now, strict=False)) if b <= a]
+            if not stuck:
+                return
+        raise BootWedged(f"the boot left CPU {','.join(map(str, stuck))} without timer ticks "
+                         f"(LOC {first} then {now})", log_path)
 
     def _on_panic(self, splat: Splat):
         if self.agent is not None:

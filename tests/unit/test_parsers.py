@@ -6,6 +6,7 @@ import pytest
 from harness.vm.images import module_load_order
 from harness.kernel.kernel import Kernel, image_release, parse_kconfig, KernelError
 from harness.vm.splat import find_splats, opener
+from harness.vm.guest import GuestError, local_timer_ticks
 
 DATA = Path(__file__).parent / "data"
 
@@ -79,3 +80,21 @@ def test_a_drivers_own_warning_message_is_not_a_splat():
     assert opener("[    4.29] pktgen: WARNING: Requested queue_map_min (1) exceeds valid range") is None
     assert opener("[   41.12] WARNING: CPU: 1 PID: 412 at net/core/dev.c:11468 x+0x6a1/0x8b0") == "warning"
     assert opener("WARNING: at net/core/dev.c:5000 y+0x1/0x2") == "warning"
+
+
+INTERRUPTS = """\
+           CPU0       CPU1       CPU2       CPU3
+  0:         44          0          0          0   IO-APIC   2-edge      timer
+LOC:        512       6101       6093       6088   Local timer interrupts
+CAL:         10         57         61         58   Function call interrupts
+"""
+
+
+def test_local_timer_ticks_reads_the_loc_line_per_cpu():
+    assert local_timer_ticks(INTERRUPTS) == [512, 6101, 6093, 6088]
+
+
+@pytest.mark.parametrize("text", ["", INTERRUPTS.replace("LOC:", "LOX:"), INTERRUPTS.replace("6093", "x")])
+def test_local_timer_ticks_names_a_missing_or_short_loc_line(text):
+    with pytest.raises(GuestError, match="/proc/interrupts: expected a 'LOC"):
+        local_timer_ticks(text)
