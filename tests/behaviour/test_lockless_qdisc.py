@@ -6,12 +6,13 @@ what pktgen got in (sent) left the qdisc, what it could not (errors) the
 qdisc dropped."""
 import pytest
 
+from harness.lab.topo import Topo
 from harness.vm.console import CommandTimeout
 from harness.measure.observe import snapshot
 from harness.measure.pktgen import Pktgen
 from harness.measure.slab import drained_slabs, leaks
 from harness.measure.traffic import GUEST_AGENT, send_from
-from harness.vocab import delta
+from harness.vocab import delta, wait_until
 
 COUNT = 10_000  # per thread
 pytestmark = pytest.mark.needs(Pktgen, "CONFIG_NET_SCHED")
@@ -59,6 +60,55 @@ def test_lockless_qdisc_pfifo_fast_single_queue(guest, defer):
                 "tc qdisc replace dev lq0 root handle 1: pfifo_fast")
     defer(guest.run, "ip link del lq0")
     run_and_account(guest, "lq0", ncpu, [None])
+
+
+def quota_lab():
+    """One vCPU with one virtio NIC on a tap, a namespace on the tap's other
+    end; no second CPU, so no contention marks a qdisc MISSED."""
+    t = Topo("lq-quota")
+    t.guest("g1", vcpus=1).nic("t0", address="10.77.8.2/24")
+    t.host_namespace("peer").link("p0", "tap:t0", "10.77.8.1/24")
+    return t
+
+
+QUOTA_FRAMES, FRAME = 2000, 60  # the agent's frames are 60 bytes
+BQL = "/sys/class/net/eth0/queues/tx-0/byte_queue_limits"
+
+
+@pytest.mark.needs("CONFIG_BQL", "CONFIG_VIRTIO_NET")
+def test_lockless_qdisc_a_run_that_ends_at_its_quota_sends_the_rest_later(lab, defer):
+    """__qdisc_run stops at its quota (dev_tx_weight) and marks a lockless
+    qdisc MISSED, so that qdisc_run_end schedules the rest.  A quota of one
+    frame (net.core.dev_weight=1) and a byte queue limit of one frame
+    (virtio-net's BQL, fixed): a completion wakes the queue with frames
+    queued; the run it starts sends one, which leaves the queue awake
+    (exactly at its limit), and stops at its quota.  Nothing but that note
+    sends the rest once the sender is done.  Frames from one CPU until the
+    qdisc held some, then it empties."""
+    g1 = lab(quota_lab()).guest("g1")
+    weight = g1.check("sysctl -n net.core.dev_weight").stdout.strip()
+    defer(g1.check, f"sysctl -qw net.core.dev_weight={weight}")
+    g1.check("echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6 && "  # no frames but ours
+             "tc qdisc replace dev eth0 root handle 1: pfifo_fast && "
+             f"echo {FRAME} > {BQL}/limit_max && echo {FRAME} > {BQL}/limit_min")
+    assert g1.check(f"cat {BQL}/limit_min {BQL}/limit_max").stdout.split() == [str(FRAME)] * 2
+    queued = lambda: snapshot(g1).qdisc("eth0").qlen  # noqa: E731
+    # the NIC's speed at the default quota: how long what a burst left queued takes to drain
+    send_from(g1, "eth0", "02:00:00:00:00:09", QUOTA_FRAMES)
+    drain_s = wait_until(lambda: queued() == 0, timeout=600)
+    assert queued() == 0, f"eth0's qdisc holds {queued()} frames {drain_s:.0f} s after a burst at the default quota"
+    g1.check("sysctl -qw net.core.dev_weight=1")
+    assert g1.check("sysctl -n net.core.dev_weight").stdout.strip() == "1"
+    before = snapshot(g1)
+    sent, _ = send_from(g1, "eth0", "02:00:00:00:00:09", QUOTA_FRAMES)
+    held = queued()
+    # the state: the byte limit stopped the queue and the qdisc was left holding frames
+    assert held > 1, f"after {sent} frames the qdisc held {held}: the byte limit never stopped the queue"
+    waited = wait_until(lambda: queued() == 0, timeout=max(20 * drain_s, 10.0))
+    d = delta(before, snapshot(g1))
+    assert queued() == 0, (f"{queued()} of the {held} frames queued at the end of the burst are still "
+                           f"queued {waited:.0f} s later, the queue awake (default quota: {drain_s:.1f} s)")
+    assert d.qdisc("eth0").packets == d.link("eth0").tx.packets == sent, d.qdisc("eth0")
 
 
 # A qdisc that holds what it is given: mq over a 4-queue veth, each child a
