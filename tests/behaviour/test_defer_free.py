@@ -121,6 +121,7 @@ def test_defer_free_skb_defer_max_0_disables_deferral(guest, pinned_pair):
 BOUND = 4            # skb_defer_max: an IPI at 2 queued, none queued beyond 4
 QUEUED = 3_000_000   # bytes the reader finds queued when it starts reading
 BIG = 16 << 20
+STREAMS = 5          # the kick can win the race to the bound (1 stream in 5 here): a few more tries
 
 
 @pytest.mark.needs("CONFIG_VETH", "CONFIG_NET_NS", "CONFIG_FTRACE")
@@ -128,21 +129,25 @@ BIG = 16 << 20
 def test_defer_free_skb_defer_max_bounds_the_list_and_an_ipi_kicks_the_idle_cpu(guest, pinned_pair):
     """The sender writes everything and sleeps (blocked until EOF) before
     the reader starts: while the reader reads, nothing runs NET_RX on the
-    sender's CPU but the IPI its half-full list sends."""
+    sender's CPU but the IPI its half-full list sends.  Streams until one
+    filled the list (the IPI's flush can keep up with a reader)."""
     guest.check(f"sysctl -qw net.core.skb_defer_max={BOUND} net.core.rmem_max={BIG} net.core.wmem_max={BIG}")
-    before = snapshot(guest)
-    with trace_events(guest, [*SKB_FATES, "napi:napi_poll"]) as trace:
-        pinned_stream(guest, count=1, size=QUEUED, gap_ms=0, queued=QUEUED, chunk=1 << 20)
+    for streams in range(1, STREAMS + 1):  # noqa: B007 (named in the failure)
+        before = snapshot(guest)
+        with trace_events(guest, [*SKB_FATES, "napi:napi_poll"]) as trace:
+            pinned_stream(guest, count=1, size=QUEUED, gap_ms=0, queued=QUEUED, chunk=1 << 20)
+        assert trace.lost == 0, f"{trace.lost} trace events lost"
+        fates = read_skb_fates(trace.events, READER)
+        if fates.untraced > 0:
+            break
     ipis = delta(before, snapshot(guest)).irq("CAL")
-    assert trace.lost == 0, f"{trace.lost} trace events lost"
-    fates = read_skb_fates(trace.events, READER)
     freed = {id(e) for e in fates.frees}
     reads = [e for e in trace.events if e.name == "skb_copy_datagram_iovec" and e.cpu == READER]
     per_flush = batches(trace.events, SENDER, lambda e: id(e) in freed)
     kicked = sum(1 for e in trace.events if id(e) in freed and e.cpu == SENDER
                  and reads[0].timestamp <= e.timestamp <= reads[-1].timestamp)
     # the state the bound exists for: the list was full (skbs were freed at once instead)
-    assert fates.untraced > 0, f"the list never reached skb_defer_max={BOUND}: {fates}"
+    assert fates.untraced > 0, f"the list never reached skb_defer_max={BOUND} in {streams} streams: {fates}"
     assert max(per_flush) <= BOUND, f"one flush freed {max(per_flush)} deferred skbs; skb_defer_max is {BOUND}"
     assert kicked > 0, (f"while the sender slept, no skb deferred to its CPU was freed there (function call "
                         f"IPIs by CPU: {ipis}): the half-full kick never came")

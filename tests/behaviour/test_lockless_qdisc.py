@@ -6,6 +6,7 @@ what pktgen got in (sent) left the qdisc, what it could not (errors) the
 qdisc dropped."""
 import pytest
 
+from harness.kernel.needs import Version
 from harness.lab.topo import Topo
 from harness.vm.console import CommandTimeout
 from harness.measure.observe import snapshot
@@ -75,7 +76,7 @@ QUOTA_FRAMES, FRAME = 2000, 60  # the agent's frames are 60 bytes
 BQL = "/sys/class/net/eth0/queues/tx-0/byte_queue_limits"
 
 
-@pytest.mark.needs("CONFIG_BQL", "CONFIG_VIRTIO_NET")
+@pytest.mark.needs("CONFIG_BQL", "CONFIG_VIRTIO_NET", Version((6, 10), "virtio-net's byte queue limits"))
 def test_lockless_qdisc_a_run_that_ends_at_its_quota_sends_the_rest_later(lab, defer):
     """__qdisc_run stops at its quota (dev_tx_weight) and marks a lockless
     qdisc MISSED, so that qdisc_run_end schedules the rest.  A quota of one
