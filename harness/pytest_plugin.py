@@ -163,6 +163,7 @@ class HarnessSession:
                 guest.stop()
             if guest in self.guests:
                 self.guests.remove(guest)
+            self._kmemleak.pop(guest, None)
 
     def stop_all(self) -> None:
         # A forked copy of this process inherits atexit handlers: only the
@@ -209,6 +210,7 @@ class HarnessSession:
             for guest in guests:
                 if guest in self.guests:
                     self.guests.remove(guest)
+                self._kmemleak.pop(guest, None)
 
     # -- splats -----------------------------------------------------------------
     def collect_splats(self, item) -> list[tuple[Guest, Splat]]:
@@ -241,6 +243,8 @@ class HarnessSession:
         what the boot left cleared (one wait for all of them)."""
         found = []
         for guest in guests:
+            if guest.kernel.provides("CONFIG_DEBUG_KMEMLEAK") is False:
+                continue  # its config says so: no command per boot to ask
             self._kmemleak[guest] = detector = Kmemleak(guest)
             if detector.available:
                 found.append(detector)
