@@ -24,6 +24,7 @@ import fnmatch
 import re
 
 from ..util import HarnessError
+from ..vm.console import split_dump
 
 # /proc/net/softnet_stat columns, in order, by kernel version: 11 columns
 # before 5.10, 13 from 5.10 (backlog_len, cpu), 15 from 6.9 (input_qlen,
@@ -385,15 +386,6 @@ _PATTERN = re.compile(r"^[A-Za-z0-9_/*?.:\[\]-]+$")
 _SYSCTL = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 PROCFS_FILES = ("/proc/net/softnet_stat", "/proc/net/dev", "/proc/interrupts", "/proc/softirqs")
-
-
-def split_dump(data: str) -> dict[str, str]:
-    """The output of a 'D' job (Guest.dump): path -> contents."""
-    files = {}
-    for record in data.split("\0")[1:]:
-        path, _, content = record.partition("\n")
-        files[path] = content
-    return files
 
 
 def parse_threads(text: str) -> list[KThread]:

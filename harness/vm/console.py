@@ -644,3 +644,12 @@ class AgentChannel:
 
     def close(self) -> None:
         _close_reader(self._sock, self._thread)
+
+
+def split_dump(data: str) -> dict[str, str]:
+    """The output of a 'D' job (Guest.dump): path -> contents."""
+    files = {}
+    for record in data.split("\0")[1:]:
+        path, _, content = record.partition("\n")
+        files[path] = content
+    return files

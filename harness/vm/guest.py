@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..endpoint import Endpoint
 from .contracts import Hypervisor
-from .console import AgentChannel, ConsoleLog, GuestError, Job, connect_unix
+from .console import AgentChannel, ConsoleLog, GuestError, Job, connect_unix, split_dump
 from .images import build_initramfs, domain_xml
 from ..kernel.kernel import Kernel
 from .splat import Splat
@@ -232,8 +232,9 @@ def kernel_cmdline(*, name: str, accel: str, timing: Sequence[str] = (), modules
     args = ["console=ttyS0,115200", "loglevel=5", "panic=-1", "mitigations=off", *timing]
     if accel == "tcg":
         # an idle vCPU whose one-shot timer wakeup is lost never wakes again
-        # under TCG (seen as an RCU stall with the vCPU halted); with a
-        # periodic tick the next tick recovers it
+        # under TCG (seen as an RCU stall with the vCPU halted); a periodic
+        # tick makes that rarer, and makes every CPU's tick count move, which
+        # is how a boot that lost one anyway is told (_check_every_cpu_ticks)
         args.append("nohz=off")
     args += [f"harness.name={name}", f"harness.modules={modules}", f"harness.venv={venv}",
              "harness.keep=" + ",".join(dict.fromkeys(p for p in keep if p))]
@@ -373,15 +374,27 @@ class Guest(Endpoint):
         finish on the others, but never runs its timers or its per-CPU
         kthreads again (seen: CPU 0 idle from 2 s, its RCU stall report at
         23 s, in the middle of a test).  With nohz=off an idle CPU ticks
-        too, so a count that does not move in a few guest ticks is lost."""
-        first = local_timer_ticks(self.check("cat /proc/interrupts").stdout)
-        for _ in range(tries):
-            now = local_timer_ticks(self.check("sleep 0.05; cat /proc/interrupts").stdout)
-            stuck = [cpu for cpu, (a, b) in enumerate(zip(first, now, strict=False)) if b <= a]
-            if not stuck:
-                return
+        too, so a count that does not move in a few guest ticks is lost.
+        Read without a fork (the agent's file dump)."""
+        try:
+            first = now = self._local_timer_ticks()
+            for _ in range(tries):
+                time.sleep(0.05)
+                now = self._local_timer_ticks()
+                if all(b > a for a, b in zip(first, now, strict=False)):
+                    return
+        except GuestError as e:  # a wedged CPU can hold the read itself
+            raise BootWedged(f"reading its vCPUs' timer ticks failed: {e}", log_path) from None
+        stuck = [cpu for cpu, (a, b) in enumerate(zip(first, now, strict=False)) if b <= a]
         raise BootWedged(f"the boot left CPU {','.join(map(str, stuck))} without timer ticks "
                          f"(LOC {first} then {now})", log_path)
+
+    def _local_timer_ticks(self) -> list[int]:
+        result = self.dump(["/proc/interrupts"]).wait(30)
+        files = split_dump(result.stdout)
+        if result.rc != 0 or "/proc/interrupts" not in files:
+            raise GuestError(f"{self.name}: reading /proc/interrupts failed: {result.stderr[-300:]}")
+        return local_timer_ticks(files["/proc/interrupts"])
 
     def _on_panic(self, splat: Splat):
         if self.agent is not None:

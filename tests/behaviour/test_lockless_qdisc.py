@@ -81,34 +81,39 @@ def test_lockless_qdisc_a_run_that_ends_at_its_quota_sends_the_rest_later(lab, d
     """__qdisc_run stops at its quota (dev_tx_weight) and marks a lockless
     qdisc MISSED, so that qdisc_run_end schedules the rest.  A quota of one
     frame (net.core.dev_weight=1) and a byte queue limit of one frame
-    (virtio-net's BQL, fixed): a completion wakes the queue with frames
-    queued; the run it starts sends one, which leaves the queue awake
-    (exactly at its limit), and stops at its quota.  Nothing but that note
-    sends the rest once the sender is done.  Frames from one CPU until the
-    qdisc held some, then it empties."""
+    (virtio-net's BQL with napi_tx, fixed): a run that finds nothing in
+    flight (the driver reaped it) sends one frame, which leaves the queue
+    awake (exactly at its limit) and no byte allowance for a bulk, and
+    stops at its quota.  On one CPU nothing but that note sends the rest
+    once the sender is done: a completion reschedules only a queue the
+    limit stopped.  Frames from one CPU until the qdisc was full, then it
+    empties."""
     g1 = lab(quota_lab()).guest("g1")
     weight = g1.check("sysctl -n net.core.dev_weight").stdout.strip()
     defer(g1.check, f"sysctl -qw net.core.dev_weight={weight}")
-    g1.check("echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6 && "  # no frames but ours
+    # no frames but ours: no IPv6, no ARP replies
+    g1.check("echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6 && ip link set dev eth0 arp off && "
              "tc qdisc replace dev eth0 root handle 1: pfifo_fast && "
              f"echo {FRAME} > {BQL}/limit_max && echo {FRAME} > {BQL}/limit_min")
     assert g1.check(f"cat {BQL}/limit_min {BQL}/limit_max").stdout.split() == [str(FRAME)] * 2
+    assert g1.check("sysctl -n net.core.dev_weight_tx_bias").stdout.strip() == "1"  # the quota is weight x bias
     queued = lambda: snapshot(g1).qdisc("eth0").qlen  # noqa: E731
+    quiet = lambda: queued() == 0 and g1.check(f"cat {BQL}/inflight").stdout.strip() == "0"  # noqa: E731
     # the NIC's speed at the default quota: how long what a burst left queued takes to drain
     send_from(g1, "eth0", "02:00:00:00:00:09", QUOTA_FRAMES)
-    drain_s = wait_until(lambda: queued() == 0, timeout=600)
-    assert queued() == 0, f"eth0's qdisc holds {queued()} frames {drain_s:.0f} s after a burst at the default quota"
+    drain_s = wait_until(quiet, timeout=600)
+    assert quiet(), f"eth0's qdisc holds {queued()} frames {drain_s:.0f} s after a burst at the default quota"
+    assert g1.check(f"cat {BQL}/limit").stdout.strip() == str(FRAME)  # completions clamp it into [min, max]
     g1.check("sysctl -qw net.core.dev_weight=1")
     assert g1.check("sysctl -n net.core.dev_weight").stdout.strip() == "1"
     before = snapshot(g1)
-    sent, _ = send_from(g1, "eth0", "02:00:00:00:00:09", QUOTA_FRAMES)
-    held = queued()
-    # the state: the byte limit stopped the queue and the qdisc was left holding frames
-    assert held > 1, f"after {sent} frames the qdisc held {held}: the byte limit never stopped the queue"
-    waited = wait_until(lambda: queued() == 0, timeout=max(20 * drain_s, 10.0))
+    sent, refused = send_from(g1, "eth0", "02:00:00:00:00:09", QUOTA_FRAMES)
+    waited = wait_until(quiet, timeout=max(20 * drain_s, 10.0))
     d = delta(before, snapshot(g1))
-    assert queued() == 0, (f"{queued()} of the {held} frames queued at the end of the burst are still "
-                           f"queued {waited:.0f} s later, the queue awake (default quota: {drain_s:.1f} s)")
+    # the state: the byte limit held the queue until the qdisc was full (its drops, refused to the sender)
+    assert refused > 0 and d.qdisc("eth0").drops == refused, (sent, refused, d.qdisc("eth0"))
+    assert queued() == 0, (f"{queued()} frames are still queued {waited:.0f} s after the burst, the queue "
+                           f"awake (at the default quota the qdisc drained in {drain_s:.1f} s)")
     assert d.qdisc("eth0").packets == d.link("eth0").tx.packets == sent, d.qdisc("eth0")
 
 
