@@ -165,9 +165,11 @@ def bounded_list_kicked_on_every_fill(guest):
     # the state the bound exists for: the list was full (skbs were freed at once instead)
     assert fates.untraced > 0, f"the list never reached skb_defer_max={BOUND} in {streams} streams: {fates}"
     assert max(per_flush) <= BOUND, f"one flush freed {max(per_flush)} deferred skbs; skb_defer_max is {BOUND}"
-    # every fill of the list is kicked: all but its last fill's skbs were freed while the reader
-    # read, and they were many (here 9 in 10 of those read; a list never kicked again stays full)
-    assert kicked >= len(freed) - BOUND and kicked >= fates.read // 4, (
+    # every fill of the list is kicked: all but the last fill or two (one flushing as the reads
+    # end) were freed while the reader read, more than two lists' worth (a kick that is not
+    # re-armed leaves the list full for good; here 9 in 10 of the skbs read were freed so with
+    # the IPI, 1 in 4 with the slower thread wakeup)
+    assert kicked >= len(freed) - 2 * BOUND and kicked > 2 * BOUND, (
         f"while the sender slept, {kicked} of the {fates.read} skbs read ({len(freed)} deferred) were freed "
         f"on its CPU (function call IPIs by CPU: {ipis}): the half-full kick did not come for each fill")
 
