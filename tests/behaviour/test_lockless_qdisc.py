@@ -4,6 +4,8 @@ NIC, and through pfifo_fast on a single-queue device.  Afterwards no packet
 is stuck in any qdisc, and the qdisc's counters agree with pktgen's exactly:
 what pktgen got in (sent) left the qdisc, what it could not (errors) the
 qdisc dropped."""
+import json
+
 import pytest
 
 from harness.kernel.needs import Version
@@ -117,23 +119,31 @@ def test_lockless_qdisc_a_run_that_ends_at_its_quota_sends_the_rest_later(lab, d
     assert d.qdisc("eth0").packets == d.link("eth0").tx.packets == sent, d.qdisc("eth0")
 
 
-# A qdisc that holds what it is given: mq over a 4-queue veth, each child a
-# tbf at 8 bit/s (its first burst lets a few frames out, the next frame is a
-# minute away) whose own child is pfifo_fast, sized by txqueuelen
+# A qdisc that holds what it is given: mq (or mqprio) over a 4-queue veth,
+# each child a tbf at 8 bit/s (its first burst lets a few frames out, the
+# next frame is a minute away) whose own child is pfifo_fast, sized by
+# txqueuelen
 HOLD, HELD = "lqh0", 4000
-HOLDING = (f"ip link add {HOLD} numtxqueues 4 type veth peer name lqh1 && "
-           f"echo 1 > /proc/sys/net/ipv6/conf/{HOLD}/disable_ipv6 && "  # no frames but ours
-           f"ip link set {HOLD} txqueuelen {HELD + 1000} up && ip link set lqh1 up && "
-           f"tc qdisc replace dev {HOLD} root handle 1: mq && "
-           + " && ".join(f"tc qdisc replace dev {HOLD} parent 1:{q} handle {q}0: tbf rate 8bit burst 1600 "
-                         f"limit 100000 && tc qdisc replace dev {HOLD} parent {q}0:1 handle {q}1: pfifo_fast"
-                         for q in range(1, 5)))
+# two traffic classes of two queues each; priority 0 (the agent's frames) is class 0
+MQPRIO_MAP, MQPRIO_QUEUES = [0] * 4 + [1] * 12, [[0, 1], [2, 3]]
+ROOTS = {"mq": "mq",
+         "mqprio": f"mqprio num_tc 2 map {' '.join(map(str, MQPRIO_MAP))} queues 2@0 2@2 hw 0"}
 
 
-def hold_frames(guest, defer):
-    """HELD frames sent into HOLDING; the tbf children as they are then."""
+def holding(root: str) -> str:
+    return (f"ip link add {HOLD} numtxqueues 4 type veth peer name lqh1 && "
+            f"echo 1 > /proc/sys/net/ipv6/conf/{HOLD}/disable_ipv6 && "  # no frames but ours
+            f"ip link set {HOLD} txqueuelen {HELD + 1000} up && ip link set lqh1 up && "
+            f"tc qdisc replace dev {HOLD} root handle 1: {ROOTS[root]} && "
+            + " && ".join(f"tc qdisc replace dev {HOLD} parent 1:{q} handle {q}0: tbf rate 8bit burst 1600 "
+                          f"limit 100000 && tc qdisc replace dev {HOLD} parent {q}0:1 handle {q}1: pfifo_fast"
+                          for q in range(1, 5)))
+
+
+def hold_frames(guest, defer, root="mq"):
+    """HELD frames sent into holding(root); the tbf children as they are then."""
     defer(guest.run, f"ip link del {HOLD}")
-    guest.check(HOLDING)
+    guest.check(holding(root))
     sent, refused = send_from(guest, HOLD, "02:00:00:00:00:09", HELD)
     tbfs = [q for q in snapshot(guest).children(HOLD) if q.kind == "tbf"]
     held = sum(q.qlen for q in tbfs)
@@ -144,13 +154,36 @@ def hold_frames(guest, defer):
     return tbfs
 
 
+@pytest.mark.parametrize("root", [
+    "mq", pytest.param("mqprio", marks=pytest.mark.needs("CONFIG_NET_SCH_MQPRIO"))])
 @pytest.mark.needs("CONFIG_VETH", "CONFIG_NET_SCH_TBF")
-def test_lockless_qdisc_mq_counts_the_packets_its_children_hold(guest, defer):
-    """mq's qlen and backlog are its children's, summed at each dump
-    (mq_dump): read while the children hold packets, not only when idle."""
-    tbfs = hold_frames(guest, defer)
-    root = snapshot(guest).qdisc(HOLD)
-    assert (root.kind, root.qlen, root.backlog) == ("mq", sum(q.qlen for q in tbfs), sum(q.backlog for q in tbfs))
+def test_lockless_qdisc_mq_counts_the_packets_its_children_hold(guest, defer, root):
+    """mq's (and mqprio's) qlen, backlog and byte and packet counts are its
+    children's, summed afresh at each dump (mq_dump, mqprio_dump): read
+    while the children hold packets, not only when idle, and read twice."""
+    tbfs = hold_frames(guest, defer, root)
+    for _ in range(2):
+        now = snapshot(guest)
+        tbfs = [q for q in now.children(HOLD) if q.kind == "tbf"]
+        assert now.qdisc(HOLD).kind == root
+        summed = {c: sum(getattr(q, c) for q in tbfs) for c in ("qlen", "backlog", "packets", "bytes", "drops")}
+        assert {c: getattr(now.qdisc(HOLD), c) for c in summed} == summed, now.qdisc(HOLD)
+
+
+@pytest.mark.needs("CONFIG_VETH", "CONFIG_NET_SCH_MQPRIO")
+def test_lockless_qdisc_mqprio_shows_the_traffic_classes_it_was_given(guest, defer):
+    """mqprio's dump gives back its configuration (classes, priority map,
+    queue ranges) beside the summed counters, with its own children
+    (pfifo_fast, lockless) counting what a pktgen thread per vCPU sent."""
+    guest.check(f"ip link add lqp0 numtxqueues 4 type veth peer name lqp1 && ip link set lqp0 up && "
+                f"ip link set lqp1 up && tc qdisc replace dev lqp0 root handle 1: {ROOTS['mqprio']}")
+    defer(guest.run, "ip link del lqp0")
+    shown = json.loads(guest.check("tc -j qdisc show dev lqp0 root").stdout)
+    assert [(q["kind"], q["handle"]) for q in shown] == [("mqprio", "1:")], shown
+    options = shown[0].get("options", {})
+    assert (options.get("tc"), options.get("map"), options.get("queues")) == (2, MQPRIO_MAP, MQPRIO_QUEUES), shown
+    ncpu = int(guest.check("nproc").stdout)
+    run_and_account(guest, "lqp0", ncpu, [f"1:{q}" for q in range(1, 5)])
 
 
 @pytest.mark.needs("CONFIG_VETH", "CONFIG_NET_SCH_TBF", "CONFIG_SLUB")
