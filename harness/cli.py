@@ -42,12 +42,12 @@ def _out_dir(args, what: str):
     return Path(args.out or f"logs/{what}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def cmd_mutants(args: argparse.Namespace) -> int:
+def _code_under_test(args, out):
+    """What --patch, or --function/--lines/--targets, name: (source or None,
+    the patch file, the equivalents file or None)."""
     from pathlib import Path
-    from .catching.runs import (equivalent_file, load_equivalents, run_mutants, targets_equivalent_file,
-                                write_targets_patch)
-    from .catching.mutants import Patch, PatchError, constants_for, mutants, parse_targets
-    out = _out_dir(args, "mutants")
+    from .catching.runs import targets_equivalent_file, write_targets_patch
+    from .catching.mutants import PatchError, parse_targets
     targets = [*(args.function or []), *(args.lines or [])]
     if args.targets:
         try:
@@ -55,25 +55,31 @@ def cmd_mutants(args: argparse.Namespace) -> int:
         except OSError as e:
             raise HarnessError(f"--targets {args.targets}: {e.strerror}") from None
     if bool(targets) == bool(args.patch):
-        raise HarnessError("give what to mutate: --patch FILE, or merged code with --function/--lines/--targets")
+        raise HarnessError("give the code under test: --patch FILE, or merged code with --function/--lines/--targets")
     if args.patch and not Path(args.patch).is_file():
         raise HarnessError(f"--patch {args.patch}: no such file")
     # A patch can be listed without its source (sibling constants then come
     # from the patch's own lines); everything else reads the source.
-    source = _source(args) if targets or not args.list or args.tree or args.debian_source else None
-    if targets:
-        assert source is not None
-        if args.base_patch:
-            raise HarnessError("--function/--lines/--targets read the pristine source: they take no --base-patch "
-                               "(to mutate a patch's code, give --patch)")
-        try:
-            patch = write_targets_patch(targets, source, out)
-        except PatchError as e:
-            raise HarnessError(str(e)) from None
-        equivalents_file = targets_equivalent_file(Path(args.targets), source) if args.targets else None
-    else:
-        equivalents_file = None
-        patch = Path(args.patch)
+    source = _source(args) if targets or not getattr(args, "list", False) or args.tree or args.debian_source \
+        else None
+    if not targets:
+        return source, Path(args.patch), None
+    assert source is not None
+    if args.base_patch:
+        raise HarnessError("--function/--lines/--targets read the pristine source: they take no --base-patch "
+                           "(to test a patch's code, give --patch)")
+    try:
+        patch = write_targets_patch(targets, source, out)
+    except PatchError as e:
+        raise HarnessError(str(e)) from None
+    return source, patch, targets_equivalent_file(Path(args.targets), source) if args.targets else None
+
+
+def cmd_mutants(args: argparse.Namespace) -> int:
+    from .catching.runs import equivalent_file, load_equivalents, run_mutants
+    from .catching.mutants import Patch, constants_for, mutants
+    out = _out_dir(args, "mutants")
+    source, patch, equivalents_file = _code_under_test(args, out)
     if args.list:
         parsed = Patch.parse(patch.read_text())
         found = mutants(parsed, constants_for(parsed, source.files if source else lambda paths: {}))
@@ -86,14 +92,63 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     if not args.k:
         raise HarnessError("-k EXPR: the test selection to run on each mutant is required")
     assert source is not None
+    unreached = None
+    if args.skip_unreached or args.coverage_from:
+        unreached = _unreached(args, source, patch, out)
     report = run_mutants(source, patch, expr=args.k, out_dir=out, base_patches=args.base_patch,
                          fragments=args.config, deadline_s=args.deadline, only=args.mutant,
                          include_equivalent=args.include_equivalent, keep=args.keep, accel=args.accel,
-                         jobs=args.jobs, equivalents_file=equivalents_file, reference_runs=args.reference_runs)
+                         jobs=args.jobs, equivalents_file=equivalents_file, reference_runs=args.reference_runs,
+                         unreached=unreached)
     print(report.table())
     for path in report.write(out):
         print(f"wrote {path}")
-    return 1 if report.survivors else 0
+    return 1 if report.survivors or report.count("unreached") else 0
+
+
+def _unreached(args, source, patch, out) -> dict[str, str]:
+    """The mutants a coverage run (--coverage-from its coverage.json, or one
+    run now with the same selection) says no test reaches."""
+    from pathlib import Path
+    from .catching.coverage import CoverageError, CoverageReport, run_coverage, unreached_mutants
+    from .catching.mutants import Patch, constants_for, mutants
+    try:
+        if args.coverage_from:
+            report = CoverageReport.from_json_file(Path(args.coverage_from))
+            if report.selection != args.k:
+                raise HarnessError(f"--coverage-from {args.coverage_from}: its selection is -k {report.selection!r}, "
+                                   f"not -k {args.k!r}")
+        else:
+            report = run_coverage(source, patch, expr=args.k, out_dir=out / "coverage", base_patches=args.base_patch,
+                                  fragments=args.config, deadline_s=args.deadline, accel=args.accel, jobs=args.jobs)
+            print(report.table())
+            report.write(out / "coverage")
+    except CoverageError as e:
+        raise HarnessError(str(e)) from None
+    parsed = Patch.parse(patch.read_text())
+    return unreached_mutants(report, mutants(parsed, constants_for(parsed, source.files)))
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    from .catching.coverage import CoverageError, run_coverage
+    if not args.k:
+        raise HarnessError("-k EXPR: the test selection whose coverage is measured is required")
+    out = _out_dir(args, "coverage")
+    source, patch, _ = _code_under_test(args, out)
+    assert source is not None
+    try:
+        report = run_coverage(source, patch, expr=args.k, out_dir=out, base_patches=args.base_patch,
+                              fragments=args.config, profile=args.profile, deadline_s=args.deadline,
+                              accel=args.accel, jobs=args.jobs)
+    except CoverageError as e:
+        raise HarnessError(str(e)) from None
+    print(report.table())
+    for path in report.write(out):
+        print(f"wrote {path}")
+    if report.status != "passed":
+        print(f"coverage: the selection did not pass on the gcov kernel: {report.summary}")
+        return 1
+    return 0
 
 
 def cmd_verify_fix(args: argparse.Namespace) -> int:
@@ -355,8 +410,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     mu.add_argument("--keep", action="store_true", help="keep each mutant's kernel in the build cache")
     mu.add_argument("--reference-runs", type=int, default=1, metavar="N",
                     help="the unmutated kernel must pass the selection N times in a row first (default 1)")
+    mu.add_argument("--skip-unreached", action="store_true",
+                    help="run the selection on a gcov build first; mutants on lines no test ran are reported "
+                         "unreached, not built")
+    mu.add_argument("--coverage-from", metavar="COVERAGE_JSON",
+                    help="--skip-unreached with a `harness coverage` run's coverage.json of the same selection")
     _add_source_args(mu)
     mu.set_defaults(fn=cmd_mutants)
+    cv = sub.add_parser("coverage", help="which added lines of a patch a test selection ran, and which test")
+    cv.add_argument("--patch", help="the patch whose added lines are measured")
+    cv.add_argument("--function", action="append", metavar="FILE:NAME", help="merged code: this function")
+    cv.add_argument("--lines", action="append", metavar="FILE:A-B", help="merged code: these lines")
+    cv.add_argument("--targets", metavar="FILE", help="merged code: a targets file (images/seeds/*.targets)")
+    cv.add_argument("--profile", action="append", default=[], metavar="FILE.c",
+                    help="profile this object too (for a patch to headers: the .c files that use them)")
+    cv.add_argument("-k", help="the test selection (pytest -k)")
+    _add_source_args(cv)
+    cv.set_defaults(fn=cmd_coverage, deadline=1800)
     vf = sub.add_parser("verify-fix", help="the selection must fail without a fix and pass with it")
     vf.add_argument("--fix", required=True, help="the fix: a patch applied after the base patches")
     vf.add_argument("-k", required=True, help="the test selection (pytest -k)")

@@ -25,6 +25,7 @@ import pytest
 
 from .env import prepare
 from .vm.guest import Guest
+from .vm.gcov import Gcov, GcovStore
 from .vm.kmemleak import MIN_AGE_S, Kmemleak
 from .vm.splat import Splat
 from .invocation import named_by_option
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 GUEST_DEFAULTS = {"vcpus": GUEST_VCPUS, "memory_mb": GUEST_MEMORY_MB, "cmdline": ""}
 KEEP_RUNS = 10
+BOOT_TEST, BETWEEN_TESTS = "(boot)", "(between tests)"  # gcov collections outside a test
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -61,6 +63,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="leave guests running after the session (remove with `harness down`)")
     group.addoption("--harness-logs", default=None,
                     help="where console logs go (default: <rootdir>/logs/<run>, logs/latest)")
+    group.addoption("--gcov-dir", default=None,
+                    help="save each test's gcov counters here (a kernel with images/kconfig/gcov.config; "
+                         "`harness coverage` reads them)")
     ksft_items.addoptions(group)
 
 
@@ -98,6 +103,10 @@ class HarnessSession:
         self._ready = False
         self._flooded: set[Guest] = set()
         self._kmemleak: dict[Guest, Kmemleak] = {}
+        self._gcov: dict[Guest, Gcov] = {}
+        gcov_dir = config.getoption("gcov_dir")
+        self.gcov_store = GcovStore(gcov_dir) if gcov_dir else None
+        self._current_test = BOOT_TEST
         self._log_dir: Path | None = None
         self.guest_numbers = itertools.count(1)
         self.cleanups: list = []  # more to stop with the guests (the selftests' pool)
@@ -155,10 +164,12 @@ class HarnessSession:
         guest.start()
         self.guests.append(guest)
         self.probe_kmemleak([guest])
+        self.probe_gcov([guest])
         return guest
 
     def stop_guest(self, guest: Guest) -> None:
         with teardown_section():
+            self.collect_gcov([guest])
             if not self.config.getoption("keep_guests"):
                 guest.stop()
             if guest in self.guests:
@@ -198,11 +209,13 @@ class HarnessSession:
             raise
         self.guests += lab.all_guests
         self.probe_kmemleak(lab.all_guests)
+        self.probe_gcov(lab.all_guests)
         return lab
 
     def stop_lab(self, lab: Lab) -> None:
         with teardown_section():
             guests = lab.all_guests
+            self.collect_gcov(guests)
             if not self.config.getoption("keep_guests"):
                 lab.down()
             if lab in self.labs:
@@ -211,6 +224,7 @@ class HarnessSession:
                 if guest in self.guests:
                     self.guests.remove(guest)
                 self._kmemleak.pop(guest, None)
+                self._gcov.pop(guest, None)
 
     # -- splats -----------------------------------------------------------------
     def collect_splats(self, item) -> list[tuple[Guest, Splat]]:
@@ -274,9 +288,47 @@ class HarnessSession:
                              + "\n".join(f"  {leak.summary()}" for leak in leaks))
         return texts
 
+    # -- gcov (--gcov-dir): each test's counters, for `harness coverage` -------
+    def probe_gcov(self, guests: list[Guest]) -> None:
+        """Each guest just booted: its counters so far are the boot's."""
+        if self.gcov_store is None:
+            return
+        for guest in guests:
+            gcov = Gcov(guest)
+            if not gcov.available:
+                log.warning("gcov: guest %s's kernel has no /sys/kernel/debug/gcov (not a gcov build)", guest.name)
+                continue
+            self._gcov[guest] = gcov
+        self.collect_gcov(guests, BOOT_TEST)
+
+    def collect_gcov(self, guests: list[Guest], test: str | None = None) -> None:
+        """The live guests' counters since their last collection, saved as
+        the current test's (or ``test``'s), then reset."""
+        if self.gcov_store is None:
+            return
+        for guest in guests:
+            gcov = self._gcov.get(guest)
+            if gcov is None or not guest.alive:
+                continue
+            try:
+                self.gcov_store.save(test or self._current_test, guest.name, gcov.collect())
+            except HarnessError as e:
+                self._gcov.pop(guest, None)
+                log.warning("gcov: guest %s: not collected again: %s", guest.name, e)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Iterator[None]:
+        """After the test's own cleanups (a deferred `ip link del` runs the
+        unregister path): what its guests ran is the test's."""
+        self._current_test = item.nodeid
+        yield
+        self.collect_gcov(list(self.guests))
+        self._current_test = BETWEEN_TESTS
+
     # -- kernel needs: skip before any guest boots -----------------------------
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        self._current_test = item.nodeid  # what its fixtures run counts as its own (gcov)
         reasons = unmet(self.kernel, item_needs(item))
         if reasons:
             pytest.skip("; ".join(reasons))

@@ -29,7 +29,7 @@ from ..util import HarnessError
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("killed", "survived", "timeout", "not_built", "equivalent")
+STATUSES = ("killed", "survived", "timeout", "not_built", "equivalent", "unreached")
 
 
 class CatchingError(HarnessError):
@@ -67,7 +67,7 @@ class MutantReport:
         return [r for r in self.results if r.status == "survived"]
 
     def medians(self) -> tuple[float, float]:
-        built = [r.build_s for r in self.results if r.status not in ("equivalent", "not_built")]
+        built = [r.build_s for r in self.results if r.status not in ("equivalent", "not_built", "unreached")]
         tested = [r.test_s for r in self.results if r.status in ("killed", "survived", "timeout")]
         return (statistics.median(built) if built else 0.0, statistics.median(tested) if tested else 0.0)
 
@@ -99,9 +99,16 @@ class MutantReport:
         survivors = self.survivors
         out += ["", f"## Survivors ({len(survivors)})", ""]
         if not survivors:
-            out.append("None: every mutant that is not listed as equivalent was killed.")
+            out.append("None of the mutants built survived; the unreached are below."
+                       if self.count("unreached") else
+                       "None: every mutant that is not listed as equivalent was killed.")
         for r in survivors:
             out += [f"### `{r.id}` ({r.operator})", "", "```diff", r.diff, "```", ""]
+        unreached = [r for r in self.results if r.status == "unreached"]
+        if unreached:
+            # survivors too, known without a build: no test of the selection ran their line
+            out += ["", f"## Unreached ({len(unreached)}): on lines no test ran, so none could kill them", ""]
+            out += [f"- `{r.id}`: {r.description}" for r in unreached]
         return "\n".join(out) + "\n"
 
     def write(self, out_dir: Path) -> list[Path]:
@@ -149,11 +156,13 @@ def load_equivalents(patch: Path, found: list[Mutant], path: Path | None = None)
 def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_patches=(), fragments=(),
                 deadline_s: float = 900, only=None, include_equivalent: bool = False, keep: bool = False,
                 accel: str = "auto", jobs: int | None = None, equivalents_file: Path | None = None,
-                reference_runs: int = 1) -> MutantReport:
+                reference_runs: int = 1, unreached: dict[str, str] | None = None) -> MutantReport:
     """Build and test every mutant of ``patch`` (or those named in ``only``);
     the equivalent ones are listed beside the patch, or in ``equivalents_file``.
     The unmutated kernel runs the selection ``reference_runs`` times first,
-    and must pass every time: a kill on a flaky selection proves nothing."""
+    and must pass every time: a kill on a flaky selection proves nothing.
+    The mutants in ``unreached`` (a coverage run's: on lines no test of the
+    selection ran) are reported as such, not built."""
     if reference_runs < 1:
         raise CatchingError(f"--reference-runs {reference_runs}: expected 1 or more")
     patch = Path(patch).resolve()
@@ -193,6 +202,11 @@ def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_p
             if mutant.id in equivalents and not include_equivalent:
                 result.status, result.detail = "equivalent", equivalents[mutant.id]
                 results.append(result)
+                continue
+            if unreached and mutant.id in unreached:
+                result.status, result.detail = "unreached", unreached[mutant.id]
+                results.append(result)
+                log.info("mutants: [%d/%d] %s: unreached, not built", n, len(found), mutant.id)
                 continue
             text = mutant.render(parsed)
             slug = mutant.id.replace(":", "-").replace("/", "-")
