@@ -241,8 +241,10 @@ class CoverageReport:
                 f"{self.lines_executable} executable added lines reached ({self.lines_added} added)",
                 f"{'hunk':60} {'reached':>9}  tests"]
         for h in self.hunks:
+            names = [_short(t) for t in h.tests]
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
             rows.append(f"{h.name[:60]:60} {len(h.reached):>4}/{len(h.executable):<4}  "
-                        f"{', '.join(_short(t) for t in h.tests) or '-'}")
+                        f"{', '.join(names[:3]) + more if names else '-'}")
         unreached = [line for h in self.hunks for line in h.executable if not line.count]
         if unreached:
             rows.append(f"\nlines no test reached ({len(unreached)}):")

@@ -186,6 +186,43 @@ def test_lockless_qdisc_mqprio_shows_the_traffic_classes_it_was_given(guest, def
     run_and_account(guest, "lqp0", ncpu, [f"1:{q}" for q in range(1, 5)])
 
 
+# A dump bigger than one netlink message: the kernel sends at most 32 KB
+# at a time, and 60 mqprio devices' qdiscs (each root and its 4 children,
+# every message over 150 bytes) make 300 messages, over 45 KB
+MQPRIO_DEVICES, SHIMS = 60, 12
+
+
+@pytest.mark.needs("CONFIG_VETH", "CONFIG_NET_SCH_MQPRIO")
+def test_lockless_qdisc_mqprio_keeps_its_classes_in_a_dump_that_spans_messages(guest, defer):
+    """A qdisc dump ends each netlink message at the first qdisc that does
+    not fit, and the next message starts again from it.  mqprio's dump that
+    runs out of room inside its options must fail so (its -1), not hand
+    back a message without them.  Sixty mqprio devices behind twelve
+    one-qdisc devices (noqueue: a veth up, its peer in another namespace),
+    dumped thirteen times, one of those fewer each time (some 150 bytes),
+    so that where each message ends moves across a whole
+    device's qdiscs: every dump shows every mqprio with its classes."""
+    ns = "lqs"
+    defer(guest.run, f"ip netns del {ns}")  # the peers go with it, and each pair with its peer
+    guest.check(f"ip netns add {ns} && "
+                f"{{ for i in $(seq 0 {SHIMS - 1}); do echo link add lqs$i type veth peer name lqs${{i}}p netns {ns}; "
+                f"echo link set lqs$i up; done; for i in $(seq 0 {MQPRIO_DEVICES - 1}); do echo link add lqm$i "
+                f"numtxqueues 4 type veth peer name lqm${{i}}p netns {ns}; echo link set lqm$i up; done; }} | "
+                f"ip -batch - && "
+                f"for i in $(seq 0 {MQPRIO_DEVICES - 1}); do echo qdisc replace dev lqm$i root handle 1: "
+                f"{ROOTS['mqprio']}; done | tc -batch -")
+    for shims in range(SHIMS, -1, -1):
+        shown = json.loads(guest.check("tc -j qdisc show").stdout)
+        mqprios = [q for q in shown if q["kind"] == "mqprio"]
+        # the state: a dump of more messages than one 32 KB message holds
+        assert len(shown) >= 5 * MQPRIO_DEVICES + shims, f"{len(shown)} qdiscs dumped"
+        bare = [q.get("dev") for q in mqprios if q.get("options", {}).get("queues") != MQPRIO_QUEUES]
+        assert (len(mqprios), bare) == (MQPRIO_DEVICES, []), \
+            f"{shims} devices ahead: {len(mqprios)} mqprio qdiscs dumped, without their classes on {bare}"
+        if shims:
+            guest.check(f"ip link del lqs{shims - 1}")
+
+
 @pytest.mark.needs("CONFIG_VETH", "CONFIG_NET_SCH_TBF", "CONFIG_SLUB")
 def test_lockless_qdisc_pfifo_fast_frees_what_it_held_when_the_device_goes_down(guest, defer):
     """A device taken down with packets queued: the reset of its qdiscs
