@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..kernel.build import GCOV_NOTES
 from ..util import REPO, HarnessError
 from .mutants import Patch, PatchError
 
@@ -395,7 +396,11 @@ def gcovr_pages(gcov_dir: Path, gcno_root: Path, objtree: str, files: list[str],
     traces.mkdir(exist_ok=True)
     # gcovr matches filters against absolute paths
     only = ["--filter", "|".join(re.escape(f"{objtree.rstrip('/')}/{f}") + "$" for f in files)]
-    gcovr = [sys.executable, "-m", "gcovr", "--root", objtree, *only]
+    # the kernel's counters are not atomic: concurrent CPUs can leave a
+    # block's count below its successors' (gcc bug 68080), which gcov reads
+    # as negative hits
+    gcovr = [sys.executable, "-m", "gcovr", "--root", objtree, *only,
+             "--gcov-ignore-parse-errors", "negative_hits.warn_once_per_file"]
     for n, (_, collected) in enumerate(read_collections(gcov_dir), 1):
         with tempfile.TemporaryDirectory(prefix="harness-gcovr-") as stage:
             for rel, data in strip_objtree(collected, objtree).items():
@@ -415,17 +420,15 @@ def _gcovr(argv: list[str]) -> None:
         raise CoverageError(f"gcovr: {(result.stderr or result.stdout).strip()[-300:]}")
 
 
-def keep_notes(work: Path, c_files: list[str], into: Path) -> Path:
-    """The gcno files of the profiled objects, copied out of the build tree
-    (the next build there may replace them)."""
+def build_notes(kernel: Path, c_files: list[str]) -> Path:
+    """The gcno files a gcov build kept with its output (kernel/gcno), one
+    per profiled object."""
+    notes = kernel / GCOV_NOTES
     for c in c_files:
-        gcno = work / (c[:-2] + ".gcno")
-        if not gcno.is_file():
-            raise CoverageError(f"{c}: the build made no {gcno.name} (is the object built in, or a module "
-                                f"that was built? CONFIG_GCOV_KERNEL in the config?)")
-        (into / c).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(gcno, into / (c[:-2] + ".gcno"))
-    return into
+        if not (notes / (c[:-2] + ".gcno")).is_file():
+            raise CoverageError(f"{c}: the build {kernel} kept no {c[:-2]}.gcno (a gcov build from before builds "
+                                f"kept their notes: remove that directory; or the object is not built)")
+    return notes
 
 
 def run_coverage(source, patch_path: Path, *, expr: str, out_dir: Path, base_patches=(), fragments=(),
@@ -452,7 +455,7 @@ def run_coverage(source, patch_path: Path, *, expr: str, out_dir: Path, base_pat
         except BuildError as e:
             raise CoverageError(f"the gcov build: {e}") from None
         build_s = time.monotonic() - t0
-        notes = keep_notes(tree.work, c_files, out_dir / "gcno")
+        notes = build_notes(kernel, c_files)
         objtree = str(tree.work)
     log.info("coverage: built %s in %.0fs; running -k %r with --gcov-dir", kernel, build_s, expr)
     gcov_dir = out_dir / "gcda"

@@ -525,6 +525,9 @@ def _make(work: Path, jobs: int, log_path: Path, t0: float, lock_fd: int | None 
     log.info("build-kernel: compiled in %.0fs", time.monotonic() - t0)
 
 
+GCOV_NOTES = "gcno"  # in a gcov build's output: the profiled objects' notes, by path in the tree
+
+
 def _collect(work: Path, out: Path, log_path: Path):
     """Copy the artifacts into ``out`` atomically (a half-written output is
     never taken for a build)."""
@@ -534,6 +537,12 @@ def _collect(work: Path, out: Path, log_path: Path):
     for src, dst in ARTIFACTS.items():
         shutil.copy2(work / src, tmp / dst)
     shutil.copy2(log_path, tmp / "build.log")
+    if "CONFIG_GCOV_KERNEL=y" in (work / ".config").read_text():
+        # a gcov build's notes belong to it: the next build in the tree replaces them
+        for gcno in work.rglob("*.gcno"):
+            rel = gcno.relative_to(work)
+            (tmp / GCOV_NOTES / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(gcno, tmp / GCOV_NOTES / rel)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

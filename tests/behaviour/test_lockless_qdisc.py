@@ -176,7 +176,9 @@ def test_lockless_qdisc_mqprio_shows_the_traffic_classes_it_was_given(guest, def
     queue ranges) beside the summed counters, with its own children
     (pfifo_fast, lockless) counting what a pktgen thread per vCPU sent."""
     guest.check(f"ip link add lqp0 numtxqueues 4 type veth peer name lqp1 && ip link set lqp0 up && "
-                f"ip link set lqp1 up && tc qdisc replace dev lqp0 root handle 1: {ROOTS['mqprio']}")
+                f"ip link set lqp1 up && tc qdisc replace dev lqp0 root handle 1: {ROOTS['mqprio']} && "
+                # its children would be the default qdisc (Debian's is fq_codel): lockless ones
+                + " && ".join(f"tc qdisc replace dev lqp0 parent 1:{q} pfifo_fast" for q in range(1, 5)))
     defer(guest.run, "ip link del lqp0")
     shown = json.loads(guest.check("tc -j qdisc show dev lqp0 root").stdout)
     assert [(q["kind"], q["handle"]) for q in shown] == [("mqprio", "1:")], shown
