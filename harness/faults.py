@@ -8,7 +8,8 @@ must be left clean and the next command must work.
 What counts as left behind (``leftovers()``): libvirt domains, QEMU
 processes, ``nh`` links and namespaces, run directories, lab registries,
 temporary files and directories of the harness's processes, held build
-locks -- of any process but the caller.  tests/faults and
+locks -- of any process but the caller that is gone (a live one's are in
+use: another pytest worker's, another run's, beside this one).  tests/faults and
 tools/bench-faults are built on it.
 """
 from __future__ import annotations
@@ -24,9 +25,10 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from .util import RUN_ROOT, REPO, TEMP_PREFIX
+from .util import RUN_ROOT, REPO, TEMP_PREFIX, pid_alive
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
 MARKER = "HARNESS_FAULT_POINT"  # in the environment of every process a fault point's command starts
@@ -150,20 +152,26 @@ _OWNED = re.compile(r"harness-(\d+)-")
 
 def leftovers(me: int | None = None) -> list[str]:
     """Everything a harness process other than ``me`` (default: this one)
-    left on the host (a temporary ``harness-*`` entry that names no
-    process counts too)."""
+    left on the host when it ended (a temporary ``harness-*`` entry that
+    names no process counts too).  What a live process owns is in use:
+    under ``pytest -n`` another worker's guests and labs come and go."""
     me = os.getpid() if me is None else me
+
+    def left(owner: int | None) -> bool:
+        return owner is None or (owner != me and not pid_alive(owner))
+
     found: list[str] = []
-    found += [f"domain {d}" for d in _domains() if _owner(d) != me]
-    found += [f"process {p}" for p in _qemu_processes() if _owner(p) != me]
-    found += _links_and_namespaces(me)
+    found += [f"domain {d}" for d in _domains() if left(_owner(d))]
+    found += [f"process {p}" for p in _qemu_processes() if left(_owner(p))]
+    found += _links_and_namespaces(left)
     if RUN_ROOT.is_dir():
-        found += [f"run directory {d}" for d in RUN_ROOT.iterdir() if _owner(d.name) not in (None, me)]
+        found += [f"run directory {d}" for d in RUN_ROOT.iterdir()
+                  if _owner(d.name) is not None and left(_owner(d.name))]
         labs = RUN_ROOT / "labs"
         if labs.is_dir():
-            found += [f"lab registry {r}" for r in labs.iterdir() if not _registry_of(r, me)]
+            found += [f"lab registry {r}" for r in labs.iterdir() if left(_registry_owner(r))]
     tmp = Path(tempfile.gettempdir())
-    found += [f"temporary {p}" for p in tmp.glob(f"{TEMP_PREFIX}*") if _temp_owner(p.name) != me]
+    found += [f"temporary {p}" for p in tmp.glob(f"{TEMP_PREFIX}*") if left(_temp_owner(p.name))]
     return found
 
 
@@ -231,7 +239,7 @@ def _qemu_processes() -> list[str]:
     return found
 
 
-def _links_and_namespaces(me: int) -> list[str]:
+def _links_and_namespaces(left: Callable[[int | None], bool]) -> list[str]:
     from .lab.hostnet import _OURS, _netns_tag, parse_tag
     from pyroute2 import IPRoute, netns
     found = []
@@ -239,21 +247,21 @@ def _links_and_namespaces(me: int) -> list[str]:
         for link in ipr.link("dump"):
             name = link.get_attr("IFLA_IFNAME") or ""
             tag = parse_tag(link.get_attr("IFLA_IFALIAS"))
-            if _OURS.match(name) and (tag is None or tag[1] != me):
+            if _OURS.match(name) and left(None if tag is None else tag[1]):
                 found.append(f"link {name}")
     for name in netns.listnetns():
         tag = parse_tag(_netns_tag(name)) if _OURS.match(name) else None
-        if _OURS.match(name) and (tag is None or tag[1] != me):
+        if _OURS.match(name) and left(None if tag is None else tag[1]):
             found.append(f"namespace {name}")
     return found
 
 
-def _registry_of(path: Path, me: int) -> bool:
+def _registry_owner(path: Path) -> int | None:
     import json
     try:
-        return int(json.loads(path.read_text())["owner"]) == me
+        return int(json.loads(path.read_text())["owner"])
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return None
 
 
 # -- a kernel tree that builds in seconds ----------------------------------------------

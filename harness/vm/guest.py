@@ -28,6 +28,7 @@ from .console import AgentChannel, ConsoleLog, GuestError, Job, connect_unix, sp
 from .images import build_initramfs, domain_xml
 from ..kernel.kernel import Kernel
 from .splat import Splat
+from .budget import Budget, Holding
 from ..util import GUEST_MEMORY_MB, GUEST_VCPUS, REPO, RUN_ROOT, HarnessError, pid_alive, run_dir, teardown_section
 
 log = logging.getLogger(__name__)
@@ -282,6 +283,7 @@ class Guest(Endpoint):
         # created is destroyed as soon as it exists
         self._life = threading.Lock()
         self._stopped = False
+        self._holding: Holding | None = None
 
     # -- lifecycle ------------------------------------------------------------
     @property
@@ -294,6 +296,20 @@ class Guest(Endpoint):
 
     def start(self) -> Guest:
         t0 = time.monotonic()
+        if self.hypervisor is LOCAL:
+            # its share of the host's vCPUs and memory, waited for while
+            # other runs' or workers' guests hold it (harness.vm.budget)
+            self._holding = Budget().hold(self.vcpus, self.memory_mb, self.domain_name)
+            t0 += self._holding.waited_s
+        try:
+            self._boot_once_more_if_wedged()
+        except BaseException:
+            self._release_budget()
+            raise
+        self.boot_seconds = time.monotonic() - t0
+        return self
+
+    def _boot_once_more_if_wedged(self) -> None:
         try:
             self._boot()
         except BootWedged as e:
@@ -305,8 +321,11 @@ class Guest(Endpoint):
             with contextlib.suppress(OSError), open(e.log_path, "a") as f:
                 f.write(f"--- harness: {e}; booting it once more ---\n")
             self._boot()
-        self.boot_seconds = time.monotonic() - t0
-        return self
+
+    def _release_budget(self) -> None:
+        if self._holding is not None:
+            self._holding.release()
+            self._holding = None
 
     def _boot(self):
         initrd = build_initramfs(self.kernel)
@@ -443,6 +462,7 @@ class Guest(Endpoint):
             with self._life:
                 self._stopped = True
             self._teardown()
+            self._release_budget()
 
     def _teardown(self):
         """The domain destroyed, the channels closed, the files removed."""

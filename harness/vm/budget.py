@@ -1,0 +1,205 @@
+"""The host's budget of vCPUs and memory, shared by every harness process.
+
+Under TCG a vCPU is a host thread that wants a core of its own: two pytest
+workers (``-n 2``) or two runs whose guests together want more vCPUs than
+the host has make each other's timing-sensitive tests flake.  A guest holds
+its share from boot to stop; a process whose guest would oversubscribe the
+host waits for the others' guests to stop.
+
+One file per holding under RUN_ROOT (``budget-<pid>-<n>.json``: vCPUs,
+memory, group), changed under an flock of RUN_ROOT itself, so a killed
+holder's share is free as soon as its pid is gone (and its file is reaped).
+Rules that keep it from deadlocking:
+
+- a process never waits on its own holdings, nor on its group's (a run and
+  the child pytest it starts to hold a second lab beside its own: the child
+  inherits HARNESS_BUDGET_GROUP);
+- a request bigger than the whole host is granted when nothing else holds;
+- when every other holder is itself waiting, the oldest waiter goes ahead
+  (logged: the host is oversubscribed for a while rather than stuck).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..util import RUN_ROOT, HarnessError, pid_alive, write_atomic
+
+log = logging.getLogger(__name__)
+
+GROUP_ENV = "HARNESS_BUDGET_GROUP"
+VCPUS_ENV, MEMORY_ENV = "HARNESS_BUDGET_VCPUS", "HARNESS_BUDGET_MEMORY_MB"
+_HOLDING = re.compile(r"budget-(\d+)-(\d+)\.json")
+_WAITING = re.compile(r"budget-wait-(\d+)-(\d+)\.json")
+POLL_S = 0.5
+_numbers = itertools.count(1)
+_local = threading.Lock()  # threads of one process (a lab boots its guests in threads)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    vcpus: int
+    memory_mb: int
+
+    @classmethod
+    def of_host(cls) -> Capacity:
+        """The host's cores and three quarters of its memory, unless
+        HARNESS_BUDGET_VCPUS / HARNESS_BUDGET_MEMORY_MB say otherwise."""
+        return cls(_env_int(VCPUS_ENV) or len(os.sched_getaffinity(0)),
+                   _env_int(MEMORY_ENV) or _mem_total_mb() * 3 // 4)
+
+
+@dataclass(frozen=True)
+class Share:
+    pid: int
+    group: int
+    vcpus: int
+    memory_mb: int
+    what: str = ""
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise HarnessError(f"{name}={value!r}: expected a positive whole number")
+    return int(value)
+
+
+def _mem_total_mb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    raise HarnessError("/proc/meminfo: no MemTotal line")
+
+
+def group() -> int:
+    """This process's budget group: inherited from the process that started
+    it, else its own pid (set in the environment for its children)."""
+    value = os.environ.get(GROUP_ENV, "")
+    if value.isdigit() and pid_alive(int(value)):
+        return int(value)
+    os.environ[GROUP_ENV] = str(os.getpid())
+    return os.getpid()
+
+
+def fits(request: Share, held: list[Share], waiting: list[Share], capacity: Capacity) -> bool:
+    """Whether ``request`` may go ahead beside ``held`` (every live share,
+    the requester's own included) and ``waiting`` (the other live
+    requests).  Pure: the rules of the module's docstring."""
+    if _room_for(request, held, capacity):
+        return True
+    others = {s.group for s in held if s.group != request.group}
+    waiting_groups = {w.group for w in waiting}
+    stuck = [w for w in waiting if w.group != request.group and not _room_for(w, held, capacity)]
+    if others <= waiting_groups and all(w.group in {s.group for s in stuck} for w in waiting
+                                        if w.group in others):
+        # every holder in the way waits for room too: the oldest request goes ahead
+        return all(request.pid <= w.pid for w in stuck)
+    return False
+
+
+def _room_for(request: Share, held: list[Share], capacity: Capacity) -> bool:
+    others = [s for s in held if s.group != request.group]
+    return not others or (sum(s.vcpus for s in others) + request.vcpus <= capacity.vcpus
+                          and sum(s.memory_mb for s in others) + request.memory_mb <= capacity.memory_mb)
+
+
+class Budget:
+    """The host's vCPUs and memory: hold(vcpus, memory_mb) -> a release()."""
+
+    def __init__(self, root: Path = RUN_ROOT, capacity: Capacity | None = None):
+        self.root = Path(root)
+        self.capacity = capacity or Capacity.of_host()
+
+    def hold(self, vcpus: int, memory_mb: int, what: str = "") -> Holding:
+        request = Share(os.getpid(), group(), vcpus, memory_mb, what)
+        n = next(_numbers)
+        mine = self.root / f"budget-{request.pid}-{n}.json"
+        wait_file = self.root / f"budget-wait-{request.pid}-{n}.json"
+        record = json.dumps(request.__dict__)
+        started = time.monotonic()
+        said = -60.0
+        try:
+            while True:
+                with _local, self._locked():
+                    held, waiting = self._read(exclude=wait_file)
+                    if fits(request, held, waiting, self.capacity):
+                        write_atomic(mine, record)
+                        wait_file.unlink(missing_ok=True)
+                        break
+                    if not wait_file.exists():
+                        write_atomic(wait_file, record)
+                waited = time.monotonic() - started
+                if waited - said >= 60:
+                    said = waited
+                    others = sorted({s.pid for s in held if s.group != request.group})
+                    log.info("%s waits for the host budget (%d vCPUs, %d MiB in all): pid %s hold it (%.0f s)",
+                             what or "a guest", self.capacity.vcpus, self.capacity.memory_mb,
+                             ", ".join(map(str, others)), waited)
+                time.sleep(POLL_S)
+        except BaseException:
+            wait_file.unlink(missing_ok=True)
+            raise
+        waited = time.monotonic() - started
+        if waited > 1:
+            log.info("%s: waited %.1f s for the host budget", what or "a guest", waited)
+        return Holding(mine, waited)
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _read(self, exclude: Path) -> tuple[list[Share], list[Share]]:
+        """The live shares and waiting requests; dead processes' files go."""
+        held: list[Share] = []
+        waiting: list[Share] = []
+        for path in self.root.iterdir():
+            m = _HOLDING.fullmatch(path.name) or _WAITING.fullmatch(path.name)
+            if m is None or path == exclude:
+                continue
+            if not pid_alive(int(m.group(1))):
+                path.unlink(missing_ok=True)
+                continue
+            try:
+                share = Share(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                continue  # being written (write_atomic renames: not seen half) or gone
+            (held if m.re is _HOLDING else waiting).append(share)
+        return held, waiting
+
+
+class Holding:
+    """A guest's share of the host, released once (stop, a failed boot)."""
+
+    def __init__(self, path: Path | None, waited_s: float = 0.0):
+        self.path = path
+        self.waited_s = waited_s
+
+    def release(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
+
+
+def auto_workers(capacity: Capacity, vcpus_per_guest: int, memory_per_guest_mb: int) -> int:
+    """How many pytest workers (``-n auto``) the budget keeps busy: each
+    runs one default guest at a time."""
+    return max(1, min(capacity.vcpus // max(1, vcpus_per_guest),
+                      capacity.memory_mb // max(1, memory_per_guest_mb)))

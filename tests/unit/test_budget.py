@@ -1,0 +1,97 @@
+"""The host budget (harness.vm.budget): its rules, and real processes
+holding and waiting on one directory."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from harness.util import HarnessError
+from harness.vm.budget import Budget, Capacity, Share, auto_workers, fits
+
+HOST = Capacity(vcpus=4, memory_mb=4096)
+
+
+def share(pid, vcpus=2, memory_mb=512, group=None):
+    return Share(pid, pid if group is None else group, vcpus, memory_mb)
+
+
+def test_a_guest_fits_beside_others_while_the_host_has_room():
+    assert fits(share(3), [share(1), share(3)], [], HOST)
+    assert not fits(share(3), [share(1), share(2)], [], HOST)
+    assert not fits(share(3, memory_mb=4000), [share(1)], [], HOST)
+
+
+def test_a_process_never_waits_on_itself_or_its_group():
+    mine = [share(1, vcpus=4), share(1, vcpus=4)]
+    assert fits(share(1, vcpus=4), mine, [], HOST)               # own holdings: oversubscribed by one run
+    assert fits(share(5, group=1), mine, [], HOST)               # a child pytest of that run
+    assert fits(share(2, vcpus=8), [], [], HOST)                 # bigger than the host, nothing else holds
+
+
+def test_two_holders_waiting_on_each_other_let_the_oldest_go():
+    held = [share(10, vcpus=3), share(20, vcpus=3)]
+    assert fits(share(10), held, [share(20)], HOST)
+    assert not fits(share(20), held, [share(10)], HOST)
+    # a holder in the way that is not waiting (running a test) is waited for
+    assert not fits(share(10), held, [], HOST)
+
+
+def test_a_waiter_that_has_room_is_no_deadlock():
+    # 30 holds nothing and waits behind 10; 10's own request fits (nothing else holds): no one jumps ahead
+    held = [share(10, vcpus=4)]
+    assert not fits(share(30), held, [share(10, vcpus=2)], HOST)
+
+
+def test_auto_workers_from_the_budget():
+    assert auto_workers(Capacity(2, 24000), 2, 512) == 1
+    assert auto_workers(Capacity(32, 100000), 2, 512) == 16
+    assert auto_workers(Capacity(32, 2048), 2, 512) == 4
+    assert auto_workers(Capacity(1, 100), 2, 512) == 1
+
+
+def test_a_bad_budget_variable_is_named(monkeypatch):
+    monkeypatch.setenv("HARNESS_BUDGET_VCPUS", "lots")
+    with pytest.raises(HarnessError, match=r"HARNESS_BUDGET_VCPUS='lots': expected a positive whole number"):
+        Capacity.of_host()
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from harness.vm.budget import Budget, Capacity
+    budget = Budget(Path(sys.argv[1]), Capacity(4, 4096))
+    held = budget.hold(int(sys.argv[2]), 512, "test")
+    print("HELD", round(held.waited_s, 1), flush=True)
+    time.sleep(float(sys.argv[3]))
+    held.release()
+""")
+
+
+def start_holder(root, vcpus, hold_s, env=None):
+    return subprocess.Popen([sys.executable, "-c", HOLDER, str(root), str(vcpus), str(hold_s)],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+def test_a_second_process_waits_until_the_first_releases(tmp_path):
+    first = start_holder(tmp_path, 3, 2.0, env={"HARNESS_BUDGET_GROUP": ""})
+    assert first.stdout.readline().split()[0] == "HELD"
+    t0 = time.monotonic()
+    second = start_holder(tmp_path, 3, 0, env={"HARNESS_BUDGET_GROUP": ""})
+    line = second.stdout.readline().split()
+    assert line[0] == "HELD" and time.monotonic() - t0 >= 1.0 and float(line[1]) >= 1.0
+    assert first.wait(10) == 0 and second.wait(10) == 0
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+def test_a_killed_holders_share_is_free_at_once(tmp_path):
+    first = start_holder(tmp_path, 4, 600, env={"HARNESS_BUDGET_GROUP": ""})
+    assert first.stdout.readline().split()[0] == "HELD"
+    first.kill()
+    first.wait()
+    held = Budget(tmp_path, Capacity(4, 4096)).hold(4, 512)
+    assert held.waited_s < 1.0
+    held.release()
+    assert list(tmp_path.iterdir()) == []  # the dead holder's file was reaped
