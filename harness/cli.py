@@ -6,7 +6,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .util import ACCELS, GUEST_MEMORY_MB, GUEST_VCPUS, HarnessError, Terminated, describe_error, terminate_as_interrupt
+from .util import (ACCELS, GUEST_MEMORY_MB, GUEST_VCPUS, HarnessError, Terminated, describe_error, parse_shard,
+                   terminate_as_interrupt)
 
 
 def cmd_kernel_fetch(args: argparse.Namespace) -> None:
@@ -78,6 +79,7 @@ def _code_under_test(args, out):
 def cmd_mutants(args: argparse.Namespace) -> int:
     from .catching.runs import equivalent_file, load_equivalents, run_mutants
     from .catching.mutants import Patch, constants_for, mutants
+    shard = parse_shard(args.shard) if args.shard else None  # a bad one fails before anything is built
     out = _out_dir(args, "mutants")
     source, patch, equivalents_file = _code_under_test(args, out)
     if args.list:
@@ -99,7 +101,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
                          fragments=args.config, deadline_s=args.deadline, only=args.mutant,
                          include_equivalent=args.include_equivalent, keep=args.keep, accel=args.accel,
                          jobs=args.jobs, equivalents_file=equivalents_file, reference_runs=args.reference_runs,
-                         unreached=unreached)
+                         unreached=unreached, shard=shard)
     print(report.table())
     for path in report.write(out):
         print(f"wrote {path}")
@@ -282,11 +284,22 @@ def cmd_ksft(args: argparse.Namespace) -> int:
     from .invocation import pytest_args
     from .kcheck import ROOT
     argv = ["--ksft", args.targets, "-rfEs", "--ksft-retries", str(args.retries)]
-    for option, value in (("--ksft-source", args.source), ("--ksft-jobs", args.jobs)):
+    for option, value in (("--ksft-source", args.source), ("--ksft-jobs", args.jobs), ("--shard", args.shard)):
         if value is not None:
             argv += [option, str(value)]
     return int(pytest.main(pytest_args(*argv, *args.pytest_args, rootdir=ROOT, k=args.k, accel=args.accel,
                                        kernel=args.kernel)))
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Shards' results as one: JUnit files, nipa and kcidb results, mutant reports."""
+    from pathlib import Path
+    from .merge import merge_shards
+    out = Path(args.out)
+    written, failed = merge_shards([Path(p) for p in args.shards], out)
+    for path, summary in written:
+        print(f"wrote {path}: {summary}")
+    return 1 if failed else 0
 
 
 def cmd_down(args: argparse.Namespace) -> None:
@@ -413,6 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     mu.add_argument("--skip-unreached", action="store_true",
                     help="run the selection on a gcov build first; mutants on lines no test ran are reported "
                          "unreached, not built")
+    mu.add_argument("--shard", metavar="K/N",
+                    help="build and test every N-th mutant from the K-th (equivalent and unreached ones in "
+                         "shard 1); `harness merge` joins the shards' mutants.json")
     mu.add_argument("--coverage-from", metavar="COVERAGE_JSON",
                     help="--skip-unreached with a `harness coverage` run's coverage.json of the same selection")
     _add_source_args(mu)
@@ -474,9 +490,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ks.add_argument("--source", help="a kernel tree or debian:SERIES (default: the --kernel tree, else debian:6.12)")
     ks.add_argument("--jobs", type=int, help="guests at once (default: from host CPUs and memory)")
     ks.add_argument("--retries", type=int, default=1, help="reruns of a failed test in a fresh guest (default 1)")
+    ks.add_argument("--shard", metavar="K/N", help="the K-th of N shards of the selected tests")
     ks.add_argument("--accel", choices=ACCELS)
     ks.epilog = "After --, more pytest options: harness ksft net -k tun -- --junitxml ksft.xml"
     ks.set_defaults(fn=cmd_ksft)
+    mg = sub.add_parser("merge", help="join shards' results (JUnit XML, results-nipa/kcidb.json, mutants.json)")
+    mg.add_argument("shards", nargs="+", help="each shard's result files, or directories holding them")
+    mg.add_argument("--out", required=True, help="directory for the merged files")
+    mg.set_defaults(fn=cmd_merge)
     down = sub.add_parser("down", help="remove guests left by killed runs (--keep-guests, SIGKILL)")
     down.add_argument("--all", action="store_true", help="also guests of running harness processes")
     down.set_defaults(fn=cmd_down)

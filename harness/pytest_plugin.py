@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import datetime
 import itertools
+import json
 import logging
 import os
 import re
@@ -23,7 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from . import results
 from .env import prepare
+from .kernel.image import file_digest
+from .vm.budget import Capacity, auto_workers
 from .vm.guest import Guest
 from .vm.gcov import Gcov, GcovStore
 from .vm.kmemleak import MIN_AGE_S, Kmemleak
@@ -35,7 +39,7 @@ from .lab.topo import Topo
 from .kernel.needs import Version, unmet
 from .ksft import items as ksft_items
 from .util import (ACCELS, GUEST_MEMORY_MB, GUEST_VCPUS, HarnessError, Unavailable, install_terminate_handler,
-                   teardown_section)
+                   parse_shard, teardown_section, write_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="leave guests running after the session (remove with `harness down`)")
     group.addoption("--harness-logs", default=None,
                     help="where console logs go (default: <rootdir>/logs/<run>, logs/latest)")
+    group.addoption("--shard", default=None, metavar="K/N",
+                    help="run the K-th of N shards balanced by tests/durations.json (pytest-split; "
+                         "`harness merge` joins the shards' results)")
+    group.addoption("--results-format", action="append", default=[], choices=results.FORMATS,
+                    help="also write the verdicts as netdev CI's executor results (nipa) or KCIDB JSON "
+                         "(kcidb): results-<format>.json in the run's log directory (repeatable)")
     group.addoption("--gcov-dir", default=None,
                     help="save each test's gcov counters here (a kernel with images/kconfig/gcov.config; "
                          "`harness coverage` reads them)")
@@ -88,6 +98,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "ksft: a kernel selftest (collection:test) collected by --ksft")
     config._harness = HarnessSession(config, kernel)  # type: ignore[attr-defined]
     config.pluginmanager.register(config._harness, "harness-session")  # type: ignore[attr-defined]
+    if config.getoption("results_format") and not hasattr(config, "workerinput"):
+        # the controller of an xdist run sees every worker's reports: it writes them
+        config.pluginmanager.register(ResultsWriter(config, config._harness), "harness-results")  # type: ignore[attr-defined]
 
 
 class HarnessSession:
@@ -145,8 +158,15 @@ class HarnessSession:
 
     @property
     def log_dir(self) -> Path:
+        """logs/<run>/ (``latest`` names it); under pytest-xdist, a worker's
+        is logs/<run>/<gwN>/ in the run's the controller made."""
         if self._log_dir is None:
             base = Path(self.config.getoption("harness_logs") or Path(self.config.rootpath) / "logs")
+            worker = getattr(self.config, "workerinput", {})
+            if "harness_run" in worker:
+                self._log_dir = base / worker["harness_run"] / worker["workerid"]
+                self._log_dir.mkdir(parents=True, exist_ok=True)
+                return self._log_dir
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             self._log_dir = base / f"{stamp}-{os.getpid()}"
             self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +176,11 @@ class HarnessSession:
                 latest.symlink_to(self._log_dir.name)
             prune_runs(base, keep=self._log_dir)
         return self._log_dir
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node) -> None:
+        """pytest-xdist's controller: every worker logs under this run's directory."""
+        node.workerinput["harness_run"] = self.log_dir.name
 
     # -- guests ---------------------------------------------------------------
     def start_guest(self, name: str, **params) -> Guest:
@@ -432,6 +457,82 @@ class HarnessSession:
         kernel = self._kernel
         where = kernel or "default (Debian 6.12, fetched by tools/setup)"
         return [f"harness: kernel {where}; accel {config.getoption('accel')}"]
+
+
+class ResultsWriter:
+    """--results-format: every test's phases gathered, written at the end."""
+
+    def __init__(self, config: pytest.Config, session: HarnessSession):
+        self.config, self.session = config, session
+        self.phases: dict[str, list[dict]] = {}
+        self.start = time.time()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        message = ""
+        if report.outcome != "passed":
+            text = report.longreprtext or ""
+            message = text.strip().splitlines()[-1] if text.strip() else ""
+        phase = {"when": report.when, "outcome": report.outcome, "start": getattr(report, "start", time.time()),
+                 "duration": report.duration, "message": message}
+        if hasattr(report, "wasxfail"):
+            phase["wasxfail"] = report.wasxfail
+        self.phases.setdefault(report.nodeid, []).append(phase)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        verdicts = [results.verdict_of(nodeid, phases) for nodeid, phases in self.phases.items()]
+        try:
+            kernel = self.session.kernel
+            release, digest = kernel.release, file_digest(kernel.image).split(":")[0]
+        except (HarnessError, OSError):
+            release, digest = "unknown", "0" * 16  # a run with no kernel (a usage error, unit tests alone)
+        facts = {"kernel_release": release, "kernel_digest": digest,
+                 "start": self.start, "end": time.time(), "link": self.session.log_dir.resolve().as_uri(),
+                 "accel": self.session.accel or self.config.getoption("accel")}
+        for fmt in dict.fromkeys(self.config.getoption("results_format")):
+            out = self.session.log_dir / f"results-{fmt}.json"
+            write_atomic(out, json.dumps(results.render(fmt, verdicts, **facts), indent=1) + "\n")
+            log.info("results (%s): %s", fmt, out)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        for fmt in dict.fromkeys(self.config.getoption("results_format")):
+            terminalreporter.write_line(f"harness: {fmt} results: {self.session.log_dir / f'results-{fmt}.json'}")
+
+
+# -- pytest-xdist: -n N workers, each with its own guests and labs ----------------
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """-n without --dist keeps a test file on one worker (--dist loadfile):
+    its module-scoped guests and labs boot once, not once per worker.
+    --shard K/N is pytest-split's --group K --splits N, balanced by the
+    durations kept in the repository (tools/refresh-durations)."""
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "no":
+        config.option.dist = "loadfile"
+    shard = config.getoption("shard")
+    if shard is not None:
+        try:
+            k, n = parse_shard(shard)
+        except HarnessError as e:
+            raise pytest.UsageError(str(e)) from None
+        config.option.group, config.option.splits = k, n
+        config.option.splitting_algorithm = "least_duration"
+    durations = getattr(config.option, "durations_path", None)
+    if durations is not None and Path(durations) == Path.cwd() / ".test_durations":
+        config.option.durations_path = str(DURATIONS)  # pytest-split's default: the one kept here
+
+
+DURATIONS = Path(__file__).resolve().parent.parent / "tests" / "durations.json"
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """-n auto: as many workers as the host budget runs default guests at
+    once (harness.vm.budget; a worker whose guest would not fit waits)."""
+    try:
+        capacity = Capacity.of_host()
+    except HarnessError as e:
+        raise pytest.UsageError(str(e)) from None
+    return auto_workers(capacity, GUEST_VCPUS, GUEST_MEMORY_MB)
 
 
 PARENT_ENV = "HARNESS_PARENT_PID"

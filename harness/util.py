@@ -256,6 +256,14 @@ GUEST_VCPUS = 2
 GUEST_MEMORY_MB = 512
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """--shard 'K/N' -> (K, N), 1 <= K <= N."""
+    m = re.fullmatch(r"([1-9][0-9]*)/([1-9][0-9]*)", text)
+    if m is None or int(m.group(1)) > int(m.group(2)):
+        raise HarnessError(f"--shard {text}: expected K/N with 1 <= K <= N (e.g. 2/3)")
+    return int(m.group(1)), int(m.group(2))
+
+
 def private_dir(path: Path) -> Path:
     """``path`` as a directory only its owner can enter: made if missing,
     and checked when it exists (a directory, not a link, ours, mode 0700)

@@ -58,6 +58,7 @@ class MutantReport:
     results: list[MutantResult]
     wall_s: float
     reference_runs: int = 1     # the unmutated kernel passed the selection this many times in a row
+    shard: str = ""             # "K/N" when this is one shard of the mutants (harness merge joins them)
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -88,7 +89,35 @@ class MutantReport:
                 "reference_s": self.reference_s, "reference_runs": self.reference_runs, "wall_s": self.wall_s,
                 "totals": {s: self.count(s) for s in STATUSES} | {"mutants": len(self.results)},
                 "mutant_build_s": build_s, "mutant_test_s": test_s,
-                "mutants": [dataclasses.asdict(r) for r in self.results]}
+                "shard": self.shard, "mutants": [dataclasses.asdict(r) for r in self.results]}
+
+    @classmethod
+    def from_json(cls, doc: dict, where: str = "mutants.json") -> MutantReport:
+        try:
+            return cls(doc["patch"], doc["selection"], doc["kernel"], float(doc["reference_s"]),
+                       [MutantResult(**r) for r in doc["mutants"]], float(doc["wall_s"]),
+                       reference_runs=int(doc.get("reference_runs", 1)), shard=doc.get("shard", ""))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CatchingError(f"{where}: expected a `harness mutants` report: {e!r}") from None
+
+    @classmethod
+    def merge(cls, reports: list[MutantReport], where: list[str]) -> MutantReport:
+        """Shards of one mutant run as one report: the same patch, selection
+        and kernel, each mutant once; wall time the longest shard's."""
+        first = reports[0]
+        for r, w in zip(reports, where, strict=True):
+            if (r.patch, r.selection, r.kernel) != (first.patch, first.selection, first.kernel):
+                raise CatchingError(f"{w}: mutants of {r.patch} -k {r.selection!r} on {r.kernel}, not of "
+                                    f"{first.patch} -k {first.selection!r} on {first.kernel} as {where[0]}")
+        seen: dict[str, MutantResult] = {}
+        for r, w in zip(reports, where, strict=True):
+            for m in r.results:
+                if m.id in seen:
+                    raise CatchingError(f"{w}: mutant {m.id} is in another shard too")
+                seen[m.id] = m
+        return cls(first.patch, first.selection, first.kernel, statistics.median(r.reference_s for r in reports),
+                   sorted(seen.values(), key=_mutant_order), max(r.wall_s for r in reports),
+                   reference_runs=min(r.reference_runs for r in reports))
 
     def markdown(self) -> str:
         out = [f"# Mutants of `{self.patch}`", "",
@@ -117,6 +146,26 @@ class MutantReport:
         paths[0].write_text(json.dumps(self.to_json(), indent=1))
         paths[1].write_text(self.markdown())
         return paths
+
+
+def _mutant_order(m: MutantResult) -> tuple:
+    """file.c:LINE:operator ids by file, then line as a number."""
+    file, _, rest = m.id.partition(":")
+    line, _, op = rest.partition(":")
+    return (file, int(line) if line.isdigit() else 0, op)
+
+
+def shard_of(mutants_found: list[Mutant], built: set[str], shard: tuple[int, int] | None) -> list[Mutant]:
+    """The K-th of N shards: every N-th of the mutants that will be built
+    (so shards cost about the same), and the rest (equivalent, unreached:
+    no build) in the first shard only, so the shards' union is every mutant
+    once."""
+    if shard is None:
+        return mutants_found
+    k, n = shard
+    work = [m for m in mutants_found if m.id in built]
+    mine = {m.id for m in work[k - 1::n]}
+    return [m for m in mutants_found if m.id in mine or (k == 1 and m.id not in built)]
 
 
 def equivalent_file(patch: Path) -> Path:
@@ -156,7 +205,8 @@ def load_equivalents(patch: Path, found: list[Mutant], path: Path | None = None)
 def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_patches=(), fragments=(),
                 deadline_s: float = 900, only=None, include_equivalent: bool = False, keep: bool = False,
                 accel: str = "auto", jobs: int | None = None, equivalents_file: Path | None = None,
-                reference_runs: int = 1, unreached: dict[str, str] | None = None) -> MutantReport:
+                reference_runs: int = 1, unreached: dict[str, str] | None = None,
+                shard: tuple[int, int] | None = None) -> MutantReport:
     """Build and test every mutant of ``patch`` (or those named in ``only``);
     the equivalent ones are listed beside the patch, or in ``equivalents_file``.
     The unmutated kernel runs the selection ``reference_runs`` times first,
@@ -175,6 +225,9 @@ def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_p
             raise CatchingError(f"--mutant {', '.join(unknown)}: no such mutant of {patch.name}; "
                                 f"`harness mutants --list` names them")
         found = [m for m in found if m.id in only]
+    built = {m.id for m in found if (m.id not in equivalents or include_equivalent)
+             and not (unreached and m.id in unreached)}
+    found = shard_of(found, built, shard)
     t_start = time.monotonic()
     results: list[MutantResult] = []
     (out_dir / "patches").mkdir(parents=True, exist_ok=True)
@@ -230,7 +283,8 @@ def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_p
             if not keep:
                 shutil.rmtree(kernel, ignore_errors=True)
     return MutantReport(patch.name, expr, source.identity, statistics.median(reference_s), results,
-                        time.monotonic() - t_start, reference_runs=reference_runs)
+                        time.monotonic() - t_start, reference_runs=reference_runs,
+                        shard=f"{shard[0]}/{shard[1]}" if shard else "")
 
 
 def _first_error(text: str) -> str:

@@ -1,0 +1,106 @@
+"""`harness merge`: the results of a run's shards (``--shard K/N`` on
+several machines) as the one run's.
+
+Each input is a file or a directory searched for them: JUnit XML (pytest's
+``--junitxml``, merged with junitparser), ``results-nipa.json`` and
+``results-kcidb.json`` (``--results-format``), ``mutants.json`` (``harness
+mutants --shard``).  A test or a mutant found in two shards is an error: a
+split covers each exactly once.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from junitparser import JUnitXml, JUnitXmlError, TestSuite
+
+from . import results
+from .catching.runs import MutantReport
+from .util import HarnessError, write_atomic
+
+KINDS = ("junit", "nipa", "kcidb", "mutants")
+
+
+def kind_of(path: Path) -> str | None:
+    if path.name == "results-nipa.json":
+        return "nipa"
+    if path.name == "results-kcidb.json":
+        return "kcidb"
+    if path.name == "mutants.json":
+        return "mutants"
+    if path.suffix == ".xml":
+        return "junit"
+    return None
+
+
+def found_files(inputs: list[Path]) -> dict[str, list[Path]]:
+    """The inputs' result files by kind (a directory's, recursively, in name order)."""
+    found: dict[str, list[Path]] = {k: [] for k in KINDS}
+    for path in inputs:
+        if path.is_dir():
+            candidates: Iterator[Path] = iter(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            candidates = iter([path])
+        else:
+            raise HarnessError(f"{path}: no such file or directory")
+        for candidate in candidates:
+            kind = kind_of(candidate)
+            if kind is not None and candidate not in found[kind]:
+                found[kind].append(candidate)
+    if not any(found.values()):
+        raise HarnessError(f"{', '.join(map(str, inputs))}: no JUnit XML, results-*.json or mutants.json found")
+    return found
+
+
+def merge_junit(paths: list[Path]) -> JUnitXml:
+    merged = JUnitXml()
+    seen: dict[str, Path] = {}
+    for path in paths:
+        try:
+            xml = JUnitXml.fromfile(str(path))
+        except (JUnitXmlError, OSError, ValueError, SyntaxError) as e:  # lxml's XMLSyntaxError is one
+            raise HarnessError(f"{path}: expected a JUnit XML file: {e}") from None
+        suites = [xml] if isinstance(xml, TestSuite) else list(xml)
+        for suite in suites:
+            for case in suite:
+                key = f"{case.classname}::{case.name}"
+                if key in seen:
+                    raise HarnessError(f"{path}: test {key} is in {seen[key]} too: the shards overlap")
+                seen[key] = path
+            merged.add_testsuite(suite)
+    merged.update_statistics()
+    return merged
+
+
+def merge_shards(inputs: list[Path], out: Path) -> tuple[list[tuple[Path, str]], bool]:
+    """Write the merged files into ``out``: [(path, summary)], and whether
+    anything failed (a failed test, a surviving mutant)."""
+    found = found_files(inputs)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[Path, str]] = []
+    failed = False
+    if found["junit"]:
+        merged = merge_junit(found["junit"])
+        path = out / "junit.xml"
+        merged.write(str(path))
+        bad = merged.failures + merged.errors
+        failed |= bad > 0
+        written.append((path, f"{merged.tests} tests from {len(found['junit'])} files: {merged.failures} failed, "
+                              f"{merged.errors} errors, {merged.skipped} skipped"))
+    for fmt, merge in (("nipa", results.merge_nipa), ("kcidb", results.merge_kcidb)):
+        if found[fmt]:
+            docs = [results.read_json(p, f"{fmt} results") for p in found[fmt]]
+            doc = merge(docs)
+            path = out / f"results-{fmt}.json"
+            write_atomic(path, json.dumps(doc, indent=1) + "\n")
+            count = len(doc["results"] if fmt == "nipa" else doc["tests"])
+            written.append((path, f"{count} tests from {len(docs)} shards"))
+    if found["mutants"]:
+        reports = [MutantReport.from_json(results.read_json(p, "mutants"), str(p)) for p in found["mutants"]]
+        report = MutantReport.merge(reports, [str(p) for p in found["mutants"]])
+        report.write(out)
+        failed |= bool(report.survivors)
+        totals = ", ".join(f"{n} {s}" for s, n in report.to_json()["totals"].items() if n and s != "mutants")
+        written.append((out / "mutants.json", f"{len(report.results)} mutants from {len(reports)} shards: {totals}"))
+    return written, failed
