@@ -13,6 +13,7 @@ from pathlib import Path
 from .lab.hostnet import reap_stale_labs
 from .util import HarnessError, cache_dir, reap_temp
 from .vm.accel import resolve
+from .vm.budget import reap_shares
 from .vm.guest import libvirt_conn, reap_stale_guests
 from .vm.images import build_initramfs
 
@@ -41,9 +42,9 @@ def prepare(kernel, accel: str = "auto") -> str:
 
 
 def reap_leftovers() -> list[str]:
-    """Temporary files and directories of runs that were killed."""
+    """Temporary files and directories, and host budget shares, of runs that were killed."""
     return (reap_temp([tempfile.gettempdir()], names_only=True)
-            + reap_temp([cache_dir() / d for d in CACHE_SUBDIRS]))
+            + reap_temp([cache_dir() / d for d in CACHE_SUBDIRS]) + reap_shares())
 
 
 def libvirtd_pid() -> int | None:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .util import RUN_ROOT, REPO, TEMP_PREFIX, pid_alive
+from .vm.budget import share_owners
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
 MARKER = "HARNESS_FAULT_POINT"  # in the environment of every process a fault point's command starts
@@ -170,6 +171,7 @@ def leftovers(me: int | None = None) -> list[str]:
         labs = RUN_ROOT / "labs"
         if labs.is_dir():
             found += [f"lab registry {r}" for r in labs.iterdir() if left(_registry_owner(r))]
+        found += [f"host budget share {path}" for path, owner in share_owners().items() if left(owner)]
     tmp = Path(tempfile.gettempdir())
     found += [f"temporary {p}" for p in tmp.glob(f"{TEMP_PREFIX}*") if left(_temp_owner(p.name))]
     return found

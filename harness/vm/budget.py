@@ -168,21 +168,40 @@ class Budget:
 
     def _read(self, exclude: Path) -> tuple[list[Share], list[Share]]:
         """The live shares and waiting requests; dead processes' files go."""
+        reap_shares(self.root)
         held: list[Share] = []
         waiting: list[Share] = []
-        for path in self.root.iterdir():
-            m = _HOLDING.fullmatch(path.name) or _WAITING.fullmatch(path.name)
-            if m is None or path == exclude:
-                continue
-            if not pid_alive(int(m.group(1))):
-                path.unlink(missing_ok=True)
+        for path in share_owners(self.root):
+            if path == exclude:
                 continue
             try:
                 share = Share(**json.loads(path.read_text()))
             except (OSError, ValueError, TypeError):
-                continue  # being written (write_atomic renames: not seen half) or gone
-            (held if m.re is _HOLDING else waiting).append(share)
+                continue  # gone meanwhile (write_atomic renames: never seen half written)
+            (held if _HOLDING.fullmatch(path.name) else waiting).append(share)
         return held, waiting
+
+
+def share_owners(root: Path = RUN_ROOT) -> dict[Path, int]:
+    """Every share or wait file under ``root`` and the pid it names."""
+    found = {}
+    if root.is_dir():
+        for path in root.iterdir():
+            m = _HOLDING.fullmatch(path.name) or _WAITING.fullmatch(path.name)
+            if m is not None:
+                found[path] = int(m.group(1))
+    return found
+
+
+def reap_shares(root: Path = RUN_ROOT) -> list[str]:
+    """The shares and waits of processes that are gone (a killed run's):
+    free already, their files go too."""
+    reaped = []
+    for path, owner in share_owners(root).items():
+        if not pid_alive(owner):
+            path.unlink(missing_ok=True)
+            reaped.append(str(path))
+    return reaped
 
 
 class Holding:

@@ -95,3 +95,16 @@ def test_a_killed_holders_share_is_free_at_once(tmp_path):
     assert held.waited_s < 1.0
     held.release()
     assert list(tmp_path.iterdir()) == []  # the dead holder's file was reaped
+
+
+def test_a_dead_processes_shares_are_reaped_and_a_live_ones_kept(tmp_path):
+    from harness.vm.budget import reap_shares, share_owners
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = int(dead.stdout)
+    (tmp_path / f"budget-{gone}-1.json").write_text("{}")
+    (tmp_path / f"budget-wait-{gone}-2.json").write_text("{}")
+    (tmp_path / f"budget-{os.getpid()}-3.json").write_text("{}")
+    (tmp_path / "unrelated.json").write_text("{}")
+    assert sorted(map(str, reap_shares(tmp_path))) == sorted(
+        [str(tmp_path / f"budget-{gone}-1.json"), str(tmp_path / f"budget-wait-{gone}-2.json")])
+    assert share_owners(tmp_path) == {tmp_path / f"budget-{os.getpid()}-3.json": os.getpid()}
