@@ -3,6 +3,7 @@ run directories."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -219,6 +220,20 @@ def reap_temp(dirs, names_only: bool = False) -> list[str]:
                 continue
             reaped.append(str(entry))
     return reaped
+
+
+@contextlib.contextmanager
+def locked_dir(path: Path) -> Iterator[None]:
+    """An exclusive flock of directory ``path`` (made if missing) while the
+    block runs: processes sharing a cache or /run directory take turns,
+    and no lock file is left behind."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:

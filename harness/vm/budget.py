@@ -20,8 +20,6 @@ Rules that keep it from deadlocking:
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import itertools
 import json
 import logging
@@ -32,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..util import RUN_ROOT, HarnessError, pid_alive, write_atomic
+from ..util import RUN_ROOT, HarnessError, locked_dir, pid_alive, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +130,7 @@ class Budget:
         said = -60.0
         try:
             while True:
-                with _local, self._locked():
+                with _local, locked_dir(self.root):
                     held, waiting = self._read(exclude=wait_file)
                     if fits(request, held, waiting, self.capacity):
                         write_atomic(mine, record)
@@ -155,16 +153,6 @@ class Budget:
         if waited > 1:
             log.info("%s: waited %.1f s for the host budget", what or "a guest", waited)
         return Holding(mine, waited)
-
-    @contextlib.contextmanager
-    def _locked(self):
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
 
     def _read(self, exclude: Path) -> tuple[list[Share], list[Share]]:
         """The live shares and waiting requests; dead processes' files go."""

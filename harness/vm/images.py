@@ -22,7 +22,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from ..kernel.kernel import Kernel
 from ..endpoint import cmd
-from ..util import REPO, HarnessError, cache_dir, temp_beside
+from ..util import REPO, HarnessError, cache_dir, locked_dir, temp_beside
 
 GUEST_DIR = REPO / "images" / "guest"
 BUSYBOX = Path("/bin/busybox")
@@ -227,7 +227,14 @@ def _build_initramfs(kernel: Kernel) -> Path:
     out = cache_dir() / "initramfs" / f"{key}.cpio"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # one process builds an image, the others (pytest -n workers) wait and reuse it
+    with locked_dir(out.parent):
+        if not out.exists():
+            _write_cpio(files, out)
+    return out
+
+
+def _write_cpio(files: dict[str, tuple[Path | bytes, int]], out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=f"harness-initramfs-{os.getpid()}-") as tmp:
         root = Path(tmp)
         for d in ("proc", "sys", "dev", "newroot", "modules", "bin"):
@@ -244,7 +251,6 @@ def _build_initramfs(kernel: Kernel) -> Path:
             subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"], cwd=root,
                            input="\n".join(names).encode(), stdout=f, check=True)
         os.replace(part, out)
-    return out
 
 
 def domain_xml(*, name: str, kernel: Kernel, initrd: Path, cmdline: str, vcpus: int,
