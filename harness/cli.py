@@ -494,7 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ks.add_argument("--accel", choices=ACCELS)
     ks.epilog = "After --, more pytest options: harness ksft net -k tun -- --junitxml ksft.xml"
     ks.set_defaults(fn=cmd_ksft)
-    mg = sub.add_parser("merge", help="join shards' results (JUnit XML, results-nipa/kcidb.json, mutants.json)")
+    mg = sub.add_parser("merge", help="join shards' results (JUnit XML, results-nipa/kcidb.json, mutants.json, "
+                                      "ksft.json)")
     mg.add_argument("shards", nargs="+", help="each shard's result files, or directories holding them")
     mg.add_argument("--out", required=True, help="directory for the merged files")
     mg.set_defaults(fn=cmd_merge)

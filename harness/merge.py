@@ -4,7 +4,7 @@ several machines) as the one run's.
 Each input is a file or a directory searched for them: JUnit XML (pytest's
 ``--junitxml``, merged with junitparser), ``results-nipa.json`` and
 ``results-kcidb.json`` (``--results-format``), ``mutants.json`` (``harness
-mutants --shard``).  A test or a mutant found in two shards is an error: a
+mutants --shard``), ``ksft.json`` (``harness ksft --shard``).  A test or a mutant found in two shards is an error: a
 split covers each exactly once.
 """
 from __future__ import annotations
@@ -17,9 +17,10 @@ from junitparser import JUnitXml, JUnitXmlError, TestSuite
 
 from . import results
 from .catching.runs import MutantReport
+from .ksft.runner import FAILING
 from .util import HarnessError, write_atomic
 
-KINDS = ("junit", "nipa", "kcidb", "mutants")
+KINDS = ("junit", "nipa", "kcidb", "mutants", "ksft")
 
 
 def kind_of(path: Path) -> str | None:
@@ -29,6 +30,8 @@ def kind_of(path: Path) -> str | None:
         return "kcidb"
     if path.name == "mutants.json":
         return "mutants"
+    if path.name == "ksft.json":
+        return "ksft"
     if path.suffix == ".xml":
         return "junit"
     return None
@@ -49,7 +52,8 @@ def found_files(inputs: list[Path]) -> dict[str, list[Path]]:
             if kind is not None and candidate not in found[kind]:
                 found[kind].append(candidate)
     if not any(found.values()):
-        raise HarnessError(f"{', '.join(map(str, inputs))}: no JUnit XML, results-*.json or mutants.json found")
+        raise HarnessError(f"{', '.join(map(str, inputs))}: no JUnit XML, results-*.json, mutants.json or "
+                           "ksft.json found")
     return found
 
 
@@ -103,4 +107,33 @@ def merge_shards(inputs: list[Path], out: Path) -> tuple[list[tuple[Path, str]],
         failed |= bool(report.survivors)
         totals = ", ".join(f"{n} {s}" for s, n in report.to_json()["totals"].items() if n and s != "mutants")
         written.append((out / "mutants.json", f"{len(report.results)} mutants from {len(reports)} shards: {totals}"))
+    if found["ksft"]:
+        docs = [results.read_json(p, "ksft") for p in found["ksft"]]
+        doc = merge_ksft(docs, [str(p) for p in found["ksft"]])
+        path = out / "ksft.json"
+        write_atomic(path, json.dumps(doc, indent=1) + "\n")
+        failed |= any(t["outcome"] in FAILING for t in doc["tests"])
+        counts = ", ".join(f"{n} {o}" for o, n in sorted(doc["counts"].items()))
+        written.append((path, f"{len(doc['tests'])} selftests from {len(docs)} shards: {counts}"))
     return written, failed
+
+
+def merge_ksft(docs: list[dict], where: list[str]) -> dict:
+    """Shards of one `harness ksft` run: the same kernel and selftests, each test once."""
+    first = docs[0]
+    seen: dict[str, str] = {}
+    tests = []
+    for doc, w in zip(docs, where, strict=True):
+        if (doc.get("kernel"), doc.get("source")) != (first.get("kernel"), first.get("source")):
+            raise HarnessError(f"{w}: selftests of {doc.get('source')} on {doc.get('kernel')}, not of "
+                               f"{first.get('source')} on {first.get('kernel')} as {where[0]}")
+        for test in doc.get("tests", []):
+            if test["test"] in seen:
+                raise HarnessError(f"{w}: selftest {test['test']} is in {seen[test['test']]} too: the shards overlap")
+            seen[test["test"]] = w
+            tests.append(test)
+    counts: dict[str, int] = {}
+    for test in tests:
+        counts[test["outcome"]] = counts.get(test["outcome"], 0) + 1
+    return {**first, "wall_s": max(d.get("wall_s", 0.0) for d in docs), "counts": counts, "tests": tests,
+            "build_failures": sorted({f for d in docs for f in d.get("build_failures", [])})}

@@ -153,8 +153,24 @@ def test_mutant_shards_merge_in_source_order(tmp_path):
         merge_shards([tmp_path / "shard1", tmp_path / "other"], tmp_path / "bad")
 
 
+def test_selftest_shards_merge_with_their_counts(tmp_path):
+    def ksft(tests):
+        return {"source": "debian:6.12", "kernel": "vmlinuz", "wall_s": 10.0, "build_failures": [],
+                "counts": {}, "tests": [{"test": t, "outcome": o, "seconds": 1.0, "attempts": []} for t, o in tests]}
+    for n, tests in ((1, [("net:a.sh", "pass"), ("net:b.sh", "skip")]), (2, [("net:c.sh", "fail")])):
+        (tmp_path / f"s{n}").mkdir()
+        (tmp_path / f"s{n}" / "ksft.json").write_text(json.dumps(ksft(tests)))
+    written, failed = merge_shards([tmp_path / "s1", tmp_path / "s2"], tmp_path / "merged")
+    doc = json.loads((tmp_path / "merged" / "ksft.json").read_text())
+    assert failed and doc["counts"] == {"pass": 1, "skip": 1, "fail": 1} and len(doc["tests"]) == 3
+    (tmp_path / "s3").mkdir()
+    (tmp_path / "s3" / "ksft.json").write_text(json.dumps(ksft([("net:a.sh", "pass")])))
+    with pytest.raises(HarnessError, match="net:a.sh is in .* too: the shards overlap"):
+        merge_shards([tmp_path / "s1", tmp_path / "s3"], tmp_path / "again")
+
+
 def test_merge_names_an_input_with_nothing_to_merge(tmp_path):
-    with pytest.raises(HarnessError, match="no JUnit XML, results-\\*.json or mutants.json found"):
+    with pytest.raises(HarnessError, match="no JUnit XML, results-\\*.json, mutants.json or ksft.json found"):
         merge_shards([tmp_path], tmp_path / "out")
     (tmp_path / "broken.xml").write_text("<nope")
     with pytest.raises(HarnessError, match="broken.xml: expected a JUnit XML file"):
