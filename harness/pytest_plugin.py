@@ -28,6 +28,7 @@ from . import results
 from .env import prepare
 from .kernel.image import file_digest
 from .vm.budget import Capacity, auto_workers
+from .vm.budget import group as budget_group
 from .vm.guest import Guest
 from .vm.gcov import Gcov, GcovStore
 from .vm.kmemleak import MIN_AGE_S, Kmemleak
@@ -96,6 +97,11 @@ def pytest_configure(config: pytest.Config) -> None:
         except HarnessError as e:
             raise pytest.UsageError(str(e)) from None
     config.addinivalue_line("markers", "ksft: a kernel selftest (collection:test) collected by --ksft")
+    if not (getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput")):
+        # this run's budget group, before any test starts a child pytest (which
+        # inherits it and never waits on this run); an xdist controller has
+        # none, so that its workers do wait on each other
+        budget_group()
     config._harness = HarnessSession(config, kernel)  # type: ignore[attr-defined]
     config.pluginmanager.register(config._harness, "harness-session")  # type: ignore[attr-defined]
     if config.getoption("results_format") and not hasattr(config, "workerinput"):
@@ -469,14 +475,21 @@ class ResultsWriter:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         message = ""
-        if report.outcome != "passed":
-            text = report.longreprtext or ""
-            message = text.strip().splitlines()[-1] if text.strip() else ""
+        if report.skipped and isinstance(report.longrepr, tuple):
+            message = str(report.longrepr[2])  # (file, line, "Skipped: why")
+        elif report.outcome != "passed":
+            message = _last_line(report.longreprtext)
         phase = {"when": report.when, "outcome": report.outcome, "start": getattr(report, "start", time.time()),
                  "duration": report.duration, "message": message}
         if hasattr(report, "wasxfail"):
             phase["wasxfail"] = report.wasxfail
         self.phases.setdefault(report.nodeid, []).append(phase)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:  # a file that does not import: an error of its own, not a missing test
+            self.phases.setdefault(report.nodeid, []).append(
+                {"when": "collect", "outcome": "failed", "start": time.time(), "duration": 0.0,
+                 "message": _last_line(report.longreprtext)})
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         verdicts = [results.verdict_of(nodeid, phases) for nodeid, phases in self.phases.items()]
@@ -498,10 +511,15 @@ class ResultsWriter:
             terminalreporter.write_line(f"harness: {fmt} results: {self.session.log_dir / f'results-{fmt}.json'}")
 
 
+def _last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
 # -- pytest-xdist: -n N workers, each with its own guests and labs ----------------
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_cmdline_main(config: pytest.Config) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config: pytest.Config) -> Generator[None, Any, Any]:
     """-n without --dist keeps a test file on one worker (--dist loadfile):
     its module-scoped guests and labs boot once, not once per worker.
     --shard K/N is pytest-split's --group K --splits N, balanced by the
@@ -519,6 +537,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     durations = getattr(config.option, "durations_path", None)
     if durations is not None and Path(durations) == Path.cwd() / ".test_durations":
         config.option.durations_path = str(DURATIONS)  # pytest-split's default: the one kept here
+    # a wrapper: before xdist's and pytest-split's own (either order of plugin loading)
+    return (yield)
 
 
 DURATIONS = Path(__file__).resolve().parent.parent / "tests" / "durations.json"

@@ -47,7 +47,9 @@ def verdict_of(nodeid: str, phases: list[dict]) -> Verdict:
     a failed setup or teardown is an error, a failed call a failure."""
     by_when = {p["when"]: p for p in phases}
     outcome = "passed"
-    for when in ("setup", "call", "teardown"):
+    if any(p["outcome"] == "failed" and p["when"] not in ("setup", "call", "teardown") for p in phases):
+        outcome = "error"  # a collection error, or xdist's report of a crashed worker's test (when "???")
+    for when in ("setup", "call", "teardown") if outcome == "passed" else ():
         p = by_when.get(when)
         if p is None:
             continue
@@ -60,7 +62,8 @@ def verdict_of(nodeid: str, phases: list[dict]) -> Verdict:
         if when == "call" and "wasxfail" in p:
             outcome = "xpassed"
     failing = next((p for p in phases if p["outcome"] != "passed"), None)
-    return Verdict(nodeid, outcome, min(p["start"] for p in phases), sum(p["duration"] for p in phases),
+    starts = [p["start"] for p in phases if p["start"]] or [0.0]  # a crashed worker's report has none
+    return Verdict(nodeid, outcome, min(starts), sum(p["duration"] for p in phases),
                    (failing or {}).get("message", ""), phases[0].get("log", ""))
 
 

@@ -15,8 +15,13 @@ Rules that keep it from deadlocking:
   the child pytest it starts to hold a second lab beside its own: the child
   inherits HARNESS_BUDGET_GROUP);
 - a request bigger than the whole host is granted when nothing else holds;
-- when every other holder is itself waiting, the oldest waiter goes ahead
-  (logged: the host is oversubscribed for a while rather than stuck).
+- when every holder in the way is itself waiting for room that is not
+  there, the oldest of those holders goes ahead (logged: the host is
+  oversubscribed for a while rather than stuck).  A process that holds
+  nothing is in no one's way, and waits.
+
+A holder is alive while its pid runs the process that wrote the share
+(its start time is recorded: a reused pid is not it; a zombie is gone).
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..util import RUN_ROOT, HarnessError, locked_dir, pid_alive, write_atomic
+from ..util import RUN_ROOT, HarnessError, locked_dir, owner_alive, pid_alive, process_start
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,12 @@ class Share:
     vcpus: int
     memory_mb: int
     what: str = ""
+    start: int | None = None     # the holder's start time (harness.util.process_start)
+
+    @property
+    def age(self) -> tuple[int, int]:
+        """Sorts the oldest process first (pids wrap; start times do not)."""
+        return (self.start if self.start is not None else 0, self.pid)
 
 
 def _env_int(name: str) -> int | None:
@@ -97,20 +108,32 @@ def fits(request: Share, held: list[Share], waiting: list[Share], capacity: Capa
     requests).  Pure: the rules of the module's docstring."""
     if _room_for(request, held, capacity):
         return True
-    others = {s.group for s in held if s.group != request.group}
-    waiting_groups = {w.group for w in waiting}
-    stuck = [w for w in waiting if w.group != request.group and not _room_for(w, held, capacity)]
-    if others <= waiting_groups and all(w.group in {s.group for s in stuck} for w in waiting
-                                        if w.group in others):
-        # every holder in the way waits for room too: the oldest request goes ahead
-        return all(request.pid <= w.pid for w in stuck)
-    return False
+    holders = {s.group for s in held}
+    if request.group not in holders:
+        return False  # it holds nothing: no one waits on it
+    in_the_way = holders - {request.group}
+    blocked = [w for w in waiting if w.group in in_the_way]
+    if {w.group for w in blocked} != in_the_way or any(_room_for(w, held, capacity) for w in blocked):
+        return False  # a holder in the way is running (or about to): it will release
+    # every holder in the way waits on the others: the oldest goes ahead
+    return all(request.age <= w.age for w in blocked)
 
 
 def _room_for(request: Share, held: list[Share], capacity: Capacity) -> bool:
     others = [s for s in held if s.group != request.group]
     return not others or (sum(s.vcpus for s in others) + request.vcpus <= capacity.vcpus
                           and sum(s.memory_mb for s in others) + request.memory_mb <= capacity.memory_mb)
+
+
+def _running(pid: int, start: int | None) -> bool:
+    """The process that wrote a share still runs (not a zombie, not a reused pid)."""
+    if not owner_alive(pid, start):
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # another user's /proc entry, or gone just now: the next look decides
+    return state not in ("Z", "X")
 
 
 class Budget:
@@ -121,7 +144,7 @@ class Budget:
         self.capacity = capacity or Capacity.of_host()
 
     def hold(self, vcpus: int, memory_mb: int, what: str = "") -> Holding:
-        request = Share(os.getpid(), group(), vcpus, memory_mb, what)
+        request = Share(os.getpid(), group(), vcpus, memory_mb, what, process_start(os.getpid()))
         n = next(_numbers)
         mine = self.root / f"budget-{request.pid}-{n}.json"
         wait_file = self.root / f"budget-wait-{request.pid}-{n}.json"
@@ -130,14 +153,18 @@ class Budget:
         said = -60.0
         try:
             while True:
+                # files are written and read under the directory's flock: never seen half written
                 with _local, locked_dir(self.root):
                     held, waiting = self._read(exclude=wait_file)
                     if fits(request, held, waiting, self.capacity):
-                        write_atomic(mine, record)
+                        if not _room_for(request, held, self.capacity):
+                            log.warning("%s: holders waiting on each other; the oldest, this one, goes ahead "
+                                        "and the host is oversubscribed for a while", what or "a guest")
+                        mine.write_text(record)
                         wait_file.unlink(missing_ok=True)
                         break
                     if not wait_file.exists():
-                        write_atomic(wait_file, record)
+                        wait_file.write_text(record)
                 waited = time.monotonic() - started
                 if waited - said >= 60:
                     said = waited
@@ -160,14 +187,18 @@ class Budget:
         held: list[Share] = []
         waiting: list[Share] = []
         for path in share_owners(self.root):
-            if path == exclude:
+            share = _share_in(path)
+            if path == exclude or share is None:
                 continue
-            try:
-                share = Share(**json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError):
-                continue  # gone meanwhile (write_atomic renames: never seen half written)
             (held if _HOLDING.fullmatch(path.name) else waiting).append(share)
         return held, waiting
+
+
+def _share_in(path: Path) -> Share | None:
+    try:
+        return Share(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None  # gone meanwhile, or cut short by a SIGKILL (its pid decides)
 
 
 def share_owners(root: Path = RUN_ROOT) -> dict[Path, int]:
@@ -182,11 +213,12 @@ def share_owners(root: Path = RUN_ROOT) -> dict[Path, int]:
 
 
 def reap_shares(root: Path = RUN_ROOT) -> list[str]:
-    """The shares and waits of processes that are gone (a killed run's):
-    free already, their files go too."""
+    """The shares and waits of processes that are gone (a killed run's, a
+    crashed worker's zombie): free already, their files go too."""
     reaped = []
-    for path, owner in share_owners(root).items():
-        if not pid_alive(owner):
+    for path, pid in share_owners(root).items():
+        share = _share_in(path)
+        if not _running(pid, share.start if share is not None and share.pid == pid else None):
             path.unlink(missing_ok=True)
             reaped.append(str(path))
     return reaped

@@ -461,8 +461,10 @@ class Guest(Endpoint):
         with teardown_section():
             with self._life:
                 self._stopped = True
-            self._teardown()
-            self._release_budget()
+            try:
+                self._teardown()
+            finally:
+                self._release_budget()
 
     def _teardown(self):
         """The domain destroyed, the channels closed, the files removed."""

@@ -39,6 +39,18 @@ def test_two_holders_waiting_on_each_other_let_the_oldest_go():
     assert not fits(share(10), held, [], HOST)
 
 
+def test_a_process_holding_nothing_never_jumps_the_queue():
+    held = [share(10, vcpus=3), share(20, vcpus=3)]
+    assert not fits(share(5), held, [share(10), share(20)], HOST)   # older than both, but in no one's way
+
+
+def test_the_oldest_is_by_start_time_not_pid():
+    held = [Share(10, 10, 3, 512, start=500), Share(20, 20, 3, 512, start=100)]   # pid 10 is a reused, later pid
+    waiting = [Share(10, 10, 2, 512, start=500), Share(20, 20, 2, 512, start=100)]
+    assert fits(waiting[1], held, [waiting[0]], HOST)
+    assert not fits(waiting[0], held, [waiting[1]], HOST)
+
+
 def test_a_waiter_that_has_room_is_no_deadlock():
     # 30 holds nothing and waits behind 10; 10's own request fits (nothing else holds): no one jumps ahead
     held = [share(10, vcpus=4)]

@@ -29,11 +29,14 @@ def phase(when, outcome, **kw):
     ([phase("setup", "skipped"), phase("teardown", "passed")], "skipped"),
     ([phase("setup", "passed"), phase("call", "skipped", wasxfail=""), phase("teardown", "passed")], "xfailed"),
     ([phase("setup", "passed"), phase("call", "passed", wasxfail=""), phase("teardown", "passed")], "xpassed"),
+    ([phase("???", "failed", start=0)], "error"),            # xdist: the worker running it crashed
+    ([phase("collect", "failed")], "error"),                 # the file did not import
 ])
 def test_a_verdict_counts_as_pytest_does(phases, outcome):
     v = results.verdict_of("tests/unit/test_x.py::test_y", phases)
     assert v.outcome == outcome
     assert v.duration_s == 1.5 * len(phases)
+    assert v.start == (1000.0 if phases[0]["start"] else 0.0)
 
 
 def test_names_follow_nipa_and_kcidb_rules():
