@@ -144,42 +144,16 @@ class Budget:
         self.capacity = capacity or Capacity.of_host()
 
     def hold(self, vcpus: int, memory_mb: int, what: str = "") -> Holding:
-        request = Share(os.getpid(), group(), vcpus, memory_mb, what, process_start(os.getpid()))
-        n = next(_numbers)
-        mine = self.root / f"budget-{request.pid}-{n}.json"
-        wait_file = self.root / f"budget-wait-{request.pid}-{n}.json"
-        record = json.dumps(request.__dict__)
-        started = time.monotonic()
-        said = -60.0
-        try:
-            while True:
-                # files are written and read under the directory's flock: never seen half written
-                with _local, locked_dir(self.root):
-                    held, waiting = self._read(exclude=wait_file)
-                    if fits(request, held, waiting, self.capacity):
-                        if not _room_for(request, held, self.capacity):
-                            log.warning("%s: holders waiting on each other; the oldest, this one, goes ahead "
-                                        "and the host is oversubscribed for a while", what or "a guest")
-                        mine.write_text(record)
-                        wait_file.unlink(missing_ok=True)
-                        break
-                    if not wait_file.exists():
-                        wait_file.write_text(record)
-                waited = time.monotonic() - started
-                if waited - said >= 60:
-                    said = waited
-                    others = sorted({s.pid for s in held if s.group != request.group})
-                    log.info("%s waits for the host budget (%d vCPUs, %d MiB in all): pid %s hold it (%.0f s)",
-                             what or "a guest", self.capacity.vcpus, self.capacity.memory_mb,
-                             ", ".join(map(str, others)), waited)
-                time.sleep(POLL_S)
-        except BaseException:
-            wait_file.unlink(missing_ok=True)
-            raise
-        waited = time.monotonic() - started
-        if waited > 1:
-            log.info("%s: waited %.1f s for the host budget", what or "a guest", waited)
-        return Holding(mine, waited)
+        """Wait for room and take it: request(...).wait()."""
+        holding = self.request(vcpus, memory_mb, what)
+        holding.wait()
+        return holding
+
+    def request(self, vcpus: int, memory_mb: int, what: str = "") -> Holding:
+        """A share not yet taken: its wait() takes it, its release() (from
+        any thread, also while another waits) gives it back or withdraws it."""
+        share = Share(os.getpid(), group(), vcpus, memory_mb, what, process_start(os.getpid()))
+        return Holding(self, share, next(_numbers))
 
     def _read(self, exclude: Path) -> tuple[list[Share], list[Share]]:
         """The live shares and waiting requests; dead processes' files go."""
@@ -225,16 +199,64 @@ def reap_shares(root: Path = RUN_ROOT) -> list[str]:
 
 
 class Holding:
-    """A guest's share of the host, released once (stop, a failed boot)."""
+    """A guest's share of the host: waited for, then held until released
+    (stop, a failed boot).  A release while another thread waits (a lab's
+    guest stopped during its boot) withdraws the request at once."""
 
-    def __init__(self, path: Path | None, waited_s: float = 0.0):
-        self.path = path
-        self.waited_s = waited_s
+    def __init__(self, budget: Budget, share: Share, n: int):
+        self.budget, self.share = budget, share
+        self.path = budget.root / f"budget-{share.pid}-{n}.json"
+        self.wait_path = budget.root / f"budget-wait-{share.pid}-{n}.json"
+        self.waited_s = 0.0
+        self._released = False
+
+    def wait(self) -> None:
+        budget, request, what = self.budget, self.share, self.share.what or "a guest"
+        record = json.dumps(request.__dict__)
+        started = time.monotonic()
+        said = -60.0
+        try:
+            while True:
+                # files are written and read under the directory's flock: never seen half written
+                with _local, locked_dir(budget.root):
+                    if self._released:
+                        raise BudgetWithdrawn(f"{what}: stopped while it waited for the host budget")
+                    held, waiting = budget._read(exclude=self.wait_path)
+                    if fits(request, held, waiting, budget.capacity):
+                        if not _room_for(request, held, budget.capacity):
+                            log.warning("%s: holders waiting on each other; the oldest, this one, goes ahead "
+                                        "and the host is oversubscribed for a while", what)
+                        self.path.write_text(record)
+                        self.wait_path.unlink(missing_ok=True)
+                        break
+                    if not self.wait_path.exists():
+                        self.wait_path.write_text(record)
+                waited = time.monotonic() - started
+                if waited - said >= 60:
+                    said = waited
+                    others = sorted({s.pid for s in held if s.group != request.group})
+                    log.info("%s waits for the host budget (%d vCPUs, %d MiB in all): pid %s hold it (%.0f s)",
+                             what, budget.capacity.vcpus, budget.capacity.memory_mb,
+                             ", ".join(map(str, others)), waited)
+                time.sleep(POLL_S)
+        except BaseException:
+            self.wait_path.unlink(missing_ok=True)
+            raise
+        self.waited_s = time.monotonic() - started
+        if self.waited_s > 1:
+            log.info("%s: waited %.1f s for the host budget", what, self.waited_s)
 
     def release(self) -> None:
-        if self.path is not None:
+        """Give the share back, or withdraw the request: both files go now
+        (under the flock, so a waiting thread cannot write one after)."""
+        with _local, locked_dir(self.budget.root):
+            self._released = True
             self.path.unlink(missing_ok=True)
-            self.path = None
+            self.wait_path.unlink(missing_ok=True)
+
+
+class BudgetWithdrawn(HarnessError):
+    pass
 
 
 def auto_workers(capacity: Capacity, vcpus_per_guest: int, memory_per_guest_mb: int) -> int:

@@ -299,9 +299,12 @@ class Guest(Endpoint):
         if self.hypervisor is LOCAL:
             # its share of the host's vCPUs and memory, waited for while
             # other runs' or workers' guests hold it (harness.vm.budget)
-            self._holding = Budget().hold(self.vcpus, self.memory_mb, self.domain_name)
-            t0 += self._holding.waited_s
+            self._holding = Budget().request(self.vcpus, self.memory_mb, self.domain_name)
+        holding = self._holding
         try:
+            if holding is not None:
+                holding.wait()  # stop() from another thread withdraws it
+                t0 += holding.waited_s
             self._boot_once_more_if_wedged()
         except BaseException:
             self._release_budget()

@@ -120,3 +120,33 @@ def test_a_dead_processes_shares_are_reaped_and_a_live_ones_kept(tmp_path):
     assert sorted(map(str, reap_shares(tmp_path))) == sorted(
         [str(tmp_path / f"budget-{gone}-1.json"), str(tmp_path / f"budget-wait-{gone}-2.json")])
     assert share_owners(tmp_path) == {tmp_path / f"budget-{os.getpid()}-3.json": os.getpid()}
+
+
+def test_a_release_from_another_thread_withdraws_a_waiting_request(tmp_path):
+    """A lab's guest stopped (SIGTERM: the lab goes down) while its boot
+    thread waits for the budget: the wait ends, and no file is left."""
+    import threading
+    from harness.vm.budget import BudgetWithdrawn
+    first = start_holder(tmp_path, 4, 600, env={"HARNESS_BUDGET_GROUP": ""})
+    assert first.stdout.readline().split()[0] == "HELD"
+    holding = Budget(tmp_path, Capacity(4, 4096)).request(2, 512, "g1")
+    raised = []
+
+    def boot():
+        try:
+            holding.wait()
+        except BudgetWithdrawn as e:
+            raised.append(e)
+
+    waiter = threading.Thread(target=boot)
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while not holding.wait_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert holding.wait_path.exists()      # it was waiting
+    holding.release()
+    assert not holding.wait_path.exists()  # gone at once, before the thread notices
+    waiter.join(5)
+    assert not waiter.is_alive() and raised
+    first.kill()
+    first.wait()
