@@ -98,7 +98,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     if args.skip_unreached or args.coverage_from:
         unreached = _unreached(args, source, patch, out)
     report = run_mutants(source, patch, expr=args.k, out_dir=out, base_patches=args.base_patch,
-                         fragments=args.config, deadline_s=args.deadline, only=args.mutant,
+                         fragments=args.config, minimal=args.minimal, deadline_s=args.deadline, only=args.mutant,
                          include_equivalent=args.include_equivalent, keep=args.keep, accel=args.accel,
                          jobs=args.jobs, equivalents_file=equivalents_file, reference_runs=args.reference_runs,
                          unreached=unreached, shard=shard)
@@ -122,7 +122,8 @@ def _unreached(args, source, patch, out) -> dict[str, str]:
                                    f"not -k {args.k!r}")
         else:
             report = run_coverage(source, patch, expr=args.k, out_dir=out / "coverage", base_patches=args.base_patch,
-                                  fragments=args.config, deadline_s=args.deadline, accel=args.accel, jobs=args.jobs)
+                                  fragments=args.config, minimal=args.minimal, deadline_s=args.deadline,
+                                  accel=args.accel, jobs=args.jobs)
             print(report.table())
             report.write(out / "coverage")
     except CoverageError as e:
@@ -140,7 +141,8 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     assert source is not None
     try:
         report = run_coverage(source, patch, expr=args.k, out_dir=out, base_patches=args.base_patch,
-                              fragments=args.config, profile=args.profile, deadline_s=args.deadline,
+                              fragments=args.config, minimal=args.minimal, profile=args.profile,
+                              deadline_s=args.deadline,
                               accel=args.accel, jobs=args.jobs)
     except CoverageError as e:
         raise HarnessError(str(e)) from None
@@ -156,7 +158,8 @@ def cmd_coverage(args: argparse.Namespace) -> int:
 def cmd_verify_fix(args: argparse.Namespace) -> int:
     from .catching.runs import verify_fix
     verdict = verify_fix(_source(args), args.fix, expr=args.k, out_dir=_out_dir(args, "verify-fix"),
-                         base_patches=args.base_patch, fragments=args.config, deadline_s=args.deadline,
+                         base_patches=args.base_patch, fragments=args.config, minimal=args.minimal,
+                         deadline_s=args.deadline,
                          accel=args.accel, jobs=args.jobs, every_failure=args.every_failure)
     print(verdict.table())
     return 0 if verdict.verified else 1
@@ -200,6 +203,9 @@ def _add_source_args(p):
     p.add_argument("--base-patch", action="append", default=[],
                    help="applied before the patch under test (repeatable)")
     p.add_argument("--config", action="append", default=[], help="a config fragment to merge (repeatable)")
+    p.add_argument("--minimal", action="store_true",
+                   help="allnoconfig + images/kconfig/minimal.config as the base instead of defconfig (with "
+                        "--config images/kconfig/harness.config: the suite's options at a fraction of the compile)")
     p.add_argument("-j", "--jobs", type=int, help="parallel build jobs (default: all CPUs)")
     p.add_argument("--deadline", type=float, default=900, help="seconds one run of the selection may take")
     p.add_argument("--accel", default="auto", choices=ACCELS)

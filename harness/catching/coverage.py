@@ -432,8 +432,8 @@ def build_notes(kernel: Path, c_files: list[str]) -> Path:
 
 
 def run_coverage(source, patch_path: Path, *, expr: str, out_dir: Path, base_patches=(), fragments=(),
-                 profile=(), deadline_s: float = 1800, accel: str = "auto", jobs: int | None = None,
-                 patch_name: str | None = None) -> CoverageReport:
+                 minimal: bool = False, profile=(), deadline_s: float = 1800, accel: str = "auto",
+                 jobs: int | None = None, patch_name: str | None = None) -> CoverageReport:
     """Build ``patch_path`` on ``source`` with its objects profiled, run the
     selection (every test, not stopping at a failure), and map each test's
     counts onto the patch."""
@@ -449,7 +449,7 @@ def run_coverage(source, patch_path: Path, *, expr: str, out_dir: Path, base_pat
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "profile.patch").write_text(profiling)
     t0 = time.monotonic()
-    with Tree(source, [GCOV_CONFIG, *fragments], jobs=jobs) as tree:
+    with Tree(source, [GCOV_CONFIG, *fragments], jobs=jobs, minimal=minimal) as tree:
         try:
             kernel = tree.build([*[Path(p) for p in base_patches], Path(patch_path), profiling])
         except BuildError as e:

@@ -203,8 +203,8 @@ def load_equivalents(patch: Path, found: list[Mutant], path: Path | None = None)
 
 
 def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_patches=(), fragments=(),
-                deadline_s: float = 900, only=None, include_equivalent: bool = False, keep: bool = False,
-                accel: str = "auto", jobs: int | None = None, equivalents_file: Path | None = None,
+                minimal: bool = False, deadline_s: float = 900, only=None, include_equivalent: bool = False,
+                keep: bool = False, accel: str = "auto", jobs: int | None = None, equivalents_file: Path | None = None,
                 reference_runs: int = 1, unreached: dict[str, str] | None = None,
                 shard: tuple[int, int] | None = None) -> MutantReport:
     """Build and test every mutant of ``patch`` (or those named in ``only``);
@@ -234,7 +234,7 @@ def run_mutants(source: Source, patch: Path, *, expr: str, out_dir: Path, base_p
     log.info("mutants: %d mutants of %s (%d listed as equivalent); preparing the tree", len(found), patch.name,
              sum(1 for m in found if m.id in equivalents))
     base = [Path(p) for p in base_patches]
-    with Tree(source, fragments, jobs=jobs) as tree:
+    with Tree(source, fragments, jobs=jobs, minimal=minimal) as tree:
         unmutated = tree.build([*base, patch])
         reference_s = []
         for run in range(1, reference_runs + 1):
@@ -349,14 +349,14 @@ def _word(outcome: Outcome) -> str:
 
 
 def verify_fix(source: Source, fix: Path, *, expr: str, out_dir: Path, base_patches=(), fragments=(),
-               deadline_s: float = 900, accel: str = "auto", jobs: int | None = None,
+               minimal: bool = False, deadline_s: float = 900, accel: str = "auto", jobs: int | None = None,
                every_failure: bool = False) -> FixVerdict:
     """Without the fix the run stops at its first failure (that failure is
     the verdict; ``every_failure`` runs the whole selection there too);
     with the fix it runs whole."""
     fix = Path(fix).resolve()
     base = [Path(p) for p in base_patches]
-    with Tree(source, fragments, jobs=jobs) as tree:
+    with Tree(source, fragments, jobs=jobs, minimal=minimal) as tree:
         without = tree.build(base)
         with_fix = tree.build([*base, fix])
     outcomes = []
