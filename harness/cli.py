@@ -142,8 +142,7 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     try:
         report = run_coverage(source, patch, expr=args.k, out_dir=out, base_patches=args.base_patch,
                               fragments=args.config, minimal=args.minimal, profile=args.profile,
-                              deadline_s=args.deadline,
-                              accel=args.accel, jobs=args.jobs)
+                              deadline_s=args.deadline, accel=args.accel, jobs=args.jobs)
     except CoverageError as e:
         raise HarnessError(str(e)) from None
     print(report.table())
@@ -159,8 +158,8 @@ def cmd_verify_fix(args: argparse.Namespace) -> int:
     from .catching.runs import verify_fix
     verdict = verify_fix(_source(args), args.fix, expr=args.k, out_dir=_out_dir(args, "verify-fix"),
                          base_patches=args.base_patch, fragments=args.config, minimal=args.minimal,
-                         deadline_s=args.deadline,
-                         accel=args.accel, jobs=args.jobs, every_failure=args.every_failure)
+                         deadline_s=args.deadline, accel=args.accel, jobs=args.jobs,
+                         every_failure=args.every_failure)
     print(verdict.table())
     return 0 if verdict.verified else 1
 
@@ -196,6 +195,13 @@ def _add_guest_args(p):
     p.add_argument("--accel", default="auto", choices=ACCELS)
 
 
+def _add_minimal_arg(p):
+    p.add_argument("--minimal", action="store_true",
+                   help="allnoconfig + images/kconfig/minimal.config as the base instead of defconfig + "
+                        "harness.config: alone, the nested guests' kernel (tools/setup builds it); with --config "
+                        "images/kconfig/harness.config, the suite's options at a third of defconfig's compile")
+
+
 def _add_source_args(p):
     where = p.add_mutually_exclusive_group()
     where.add_argument("--tree", help="a kernel source tree (left untouched: patches go on a copy)")
@@ -203,9 +209,7 @@ def _add_source_args(p):
     p.add_argument("--base-patch", action="append", default=[],
                    help="applied before the patch under test (repeatable)")
     p.add_argument("--config", action="append", default=[], help="a config fragment to merge (repeatable)")
-    p.add_argument("--minimal", action="store_true",
-                   help="allnoconfig + images/kconfig/minimal.config as the base instead of defconfig (with "
-                        "--config images/kconfig/harness.config: the suite's options at a fraction of the compile)")
+    _add_minimal_arg(p)
     p.add_argument("-j", "--jobs", type=int, help="parallel build jobs (default: all CPUs)")
     p.add_argument("--deadline", type=float, default=900, help="seconds one run of the selection may take")
     p.add_argument("--accel", default="auto", choices=ACCELS)
@@ -409,9 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bk.add_argument("--ksft-config", action="append", default=[], metavar="COLLECTION",
                     help="merge a kselftest collection's config (tools/testing/selftests/COLLECTION/config, "
                          "e.g. net), naming its options that do not survive (repeatable)")
-    bk.add_argument("--minimal", action="store_true",
-                    help="allnoconfig + images/kconfig/minimal.config instead of defconfig + harness.config "
-                         "(the nested guests' kernel: tools/setup builds it from --debian-source 6.12)")
+    _add_minimal_arg(bk)
     bk.add_argument("-j", "--jobs", type=int, help="parallel jobs (default: all CPUs)")
     bk.set_defaults(fn=cmd_build_kernel)
     mu = sub.add_parser("mutants", help="build each mutant of a patch and run a test selection on it")
