@@ -4,7 +4,8 @@ several machines) as the one run's.
 Each input is a file or a directory searched for them: JUnit XML (pytest's
 ``--junitxml``, merged with junitparser), ``results-nipa.json`` and
 ``results-kcidb.json`` (``--results-format``), ``mutants.json`` (``harness
-mutants --shard``), ``ksft.json`` (``harness ksft --shard``).  A test or a mutant found in two shards is an error: a
+mutants --shard``), ``ksft.json`` (``harness ksft --shard``), never what a report's own runs
+wrote below it.  A test or a mutant found in two shards is an error: a
 split covers each exactly once.
 """
 from __future__ import annotations
@@ -37,19 +38,37 @@ def kind_of(path: Path) -> str | None:
     return None
 
 
+# A directory that holds one of these is a report: its own result files are
+# at its top, and what lies below are the runs it was made of (a mutant's
+# JUnit, a test's own ksft.json or mutants.json), never a shard's results.
+# run.json marks a pytest run's log directory (the harness plugin writes it).
+REPORTS = ("mutants.json", "ksft.json", "run.json")
+
+
+def result_files(top: Path) -> Iterator[Path]:
+    """The result files in ``top`` and its subdirectories, down to the first
+    report directory on each branch, in name order."""
+    entries = sorted(top.iterdir())
+    yield from (p for p in entries if p.is_file() and kind_of(p) is not None)
+    if any((top / name).is_file() for name in REPORTS):
+        return
+    for sub in entries:
+        # logs/latest links to a run directory (a copy of it once uploaded as an artifact)
+        if sub.is_dir() and not sub.is_symlink() and sub.name != "latest":
+            yield from result_files(sub)
+
+
 def found_files(inputs: list[Path]) -> dict[str, list[Path]]:
-    """The inputs' result files by kind (a directory's, recursively, in name order)."""
+    """The inputs' result files by kind: a file given, or a directory's (result_files)."""
     found: dict[str, list[Path]] = {k: [] for k in KINDS}
     for path in inputs:
         if path.is_dir():
-            candidates: Iterator[Path] = iter(sorted(p for p in path.rglob("*") if p.is_file()))
+            candidates: Iterator[Path] = result_files(path)
         elif path.is_file():
             candidates = iter([path])
         else:
             raise HarnessError(f"{path}: no such file or directory")
         for candidate in candidates:
-            if "latest" in candidate.relative_to(path).parts if path.is_dir() else False:
-                continue  # logs/latest is a link to a run directory (a copy, once uploaded as an artifact)
             kind = kind_of(candidate)
             if kind is not None and candidate not in found[kind]:
                 found[kind].append(candidate)

@@ -176,6 +176,9 @@ class HarnessSession:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             self._log_dir = base / f"{stamp}-{os.getpid()}"
             self._log_dir.mkdir(parents=True, exist_ok=True)
+            # marks a run's directory: `harness merge` takes its results-*.json, not what its tests wrote
+            write_atomic(self._log_dir / "run.json", json.dumps(
+                {"started": stamp, "args": list(self.config.invocation_params.args)}) + "\n")
             latest = base / "latest"
             if latest.is_symlink() or not latest.exists():
                 latest.unlink(missing_ok=True)

@@ -187,7 +187,7 @@ class Pool:
             if self._closing:
                 raise GuestError("the pool is closing")
             guest = Guest(f"ksft{next(self._numbers)}", self.kernel, vcpus=self.vcpus, memory_mb=self.memory_mb,
-                          accel=self.accel, log_dir=self.log_dir / "ksft-guests")
+                          accel=self.accel, log_dir=self.log_dir / "ksft-guests", shares=[self.installed.path])
             self._guests.add(guest)
             guest.start()
             return guest

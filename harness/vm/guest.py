@@ -237,6 +237,9 @@ def kernel_cmdline(*, name: str, accel: str, timing: Sequence[str] = (), modules
         # tick makes that rarer, and makes every CPU's tick count move, which
         # is how a boot that lost one anyway is told (_check_every_cpu_ticks)
         args.append("nohz=off")
+    for path in keep:  # stage 1 splits the list at commas, the kernel its command line at blanks
+        if re.search(r"[\s,]", path):
+            raise HarnessError(f"{path!r}: a host path a guest sees may not hold a comma or a blank")
     args += [f"harness.name={name}", f"harness.modules={modules}", f"harness.venv={venv}",
              "harness.keep=" + ",".join(dict.fromkeys(p for p in keep if p))]
     return args + extra.split()
@@ -247,7 +250,8 @@ class Guest(Endpoint):
 
     def __init__(self, name: str, kernel: Kernel, *, vcpus: int = GUEST_VCPUS, memory_mb: int = GUEST_MEMORY_MB,
                  cmdline: str = "", accel: str = "tcg", log_dir: Path | None = None,
-                 interfaces: Sequence[str] = (), qemu_args: Sequence[str] = (), boot_timeout: float = 120.0,
+                 interfaces: Sequence[str] = (), qemu_args: Sequence[str] = (), shares: Sequence[Path] = (),
+                 boot_timeout: float = 120.0,
                  hypervisor: Hypervisor | None = None, speed_scale: float = 1.0):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", name):
             raise HarnessError(f"guest name {name!r}: expected 1-32 letters, digits, '_', '.', '-'")
@@ -259,6 +263,8 @@ class Guest(Endpoint):
         self.accel = accel
         self.interfaces = list(interfaces)
         self.qemu_args = list(qemu_args)
+        # host paths the guest reads even where its own tmpfs goes (/tmp, /run, /var/...)
+        self.shares = [str(p) for p in shares]
         self.boot_timeout = boot_timeout
         # how many times slower than a plain guest on the machine the limits
         # were set on (a nested guest: measured by its host, harness.lab.nest)
@@ -292,7 +298,8 @@ class Guest(Endpoint):
         venv = sys.prefix if sys.prefix != sys.base_prefix else ""
         return " ".join(kernel_cmdline(name=self.name, accel=self.accel, timing=timing_args(self.kernel, self.accel),
                                        modules=modules,
-                                       venv=venv, keep=[str(REPO), venv, modules], extra=self.extra_cmdline))
+                                       venv=venv, keep=[str(REPO), venv, modules, *self.shares],
+                                       extra=self.extra_cmdline))
 
     def start(self) -> Guest:
         t0 = time.monotonic()

@@ -30,7 +30,7 @@ def fixture_install(harness):
     """run_kselftest.sh and its runner from the built net selftests, and a
     collection `runner` of the tests above (timeout 2 s, x4 under TCG)."""
     real = install(source_for("debian:6.12"), ["net"])
-    root = harness.log_dir / "ksft-runner-fixture"   # under the repository: the guests see it
+    root = harness.log_dir / "ksft-runner-fixture"  # wherever --harness-logs put it: the pool's guests share it
     shutil.rmtree(root, ignore_errors=True)
     (root / "runner").mkdir(parents=True)
     shutil.copy(real.path / "run_kselftest.sh", root)

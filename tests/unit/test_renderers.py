@@ -1,4 +1,7 @@
 """Renderers are pure functions: their output for known inputs, as golden text."""
+import pytest
+
+from harness.util import HarnessError
 from harness.vm.guest import kernel_cmdline
 
 
@@ -15,6 +18,12 @@ def test_kernel_cmdline_under_kvm_has_no_periodic_tick_and_no_lpj_when_unknown()
     assert "nohz=off" not in args and not any(a.startswith("lpj=") for a in args)
     assert "harness.name=g" in args
 
+
+
+def test_kernel_cmdline_names_a_shared_path_stage_1_would_split():
+    for path in ("/tmp/a,b", "/tmp/a b"):
+        with pytest.raises(HarnessError, match="may not hold a comma or a blank"):
+            kernel_cmdline(name="g", accel="kvm", keep=[path])
 
 # -- lab renderers -----------------------------------------------------------
 from pathlib import Path  # noqa: E402
@@ -97,8 +106,6 @@ def test_domain_xml_with_a_vhost_nic_under_tcg():
 
 # -- no topology text ends a here-document ----------------------------------
 import dataclasses  # noqa: E402
-
-import pytest  # noqa: E402
 
 HOSTILE = "x\nEOF\nreboot -f"
 

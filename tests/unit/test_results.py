@@ -128,6 +128,27 @@ def test_three_shards_merge_into_the_unsharded_runs_verdicts(tmp_path):
         merge_shards([shards[0] / "junit.xml", copy, shards[1]], tmp_path / "again")
 
 
+def test_merge_takes_a_reports_own_files_not_what_its_runs_wrote(tmp_path):
+    """Below a pytest run's directory (run.json) lie its tests' own files (a
+    fault test's list-shaped mutants.json, a runner test's ksft.json), below
+    a mutants report its mutants' JUnit: none of them is a shard's."""
+    (tmp_path / "test_suite.py").write_text(SUITE)
+    shard = run_pytest(tmp_path, "shard1", "--shard", "1/3")
+    run = next(p.parent for p in shard.rglob("run.json"))
+    (run / "gw0" / "faults").mkdir(parents=True)
+    (run / "gw0" / "faults" / "mutants.json").write_text("[]")
+    (run / "tests" / "t").mkdir(parents=True)
+    (run / "tests" / "t" / "ksft.json").write_text("{}")
+    mutants = tmp_path / "mutants"
+    mutant_report("1/1", ["dev.c:10:negate"]).write(mutants)
+    (mutants / "dev.c-10-negate").mkdir()
+    (mutants / "dev.c-10-negate" / "junit.xml").write_bytes((shard / "junit.xml").read_bytes())
+    written, _ = merge_shards([shard, mutants], tmp_path / "merged")
+    assert sorted(p.name for p, _ in written) == ["junit.xml", "mutants.json", "results-kcidb.json",
+                                                  "results-nipa.json"]
+    assert len(verdicts_of(tmp_path / "merged" / "junit.xml")) == 3
+
+
 def test_a_bad_shard_is_named(tmp_path):
     (tmp_path / "test_suite.py").write_text(SUITE)
     proc = subprocess.run([sys.executable, "-m", "pytest", "test_suite.py", "--shard", "4/3"], cwd=tmp_path,
