@@ -41,14 +41,18 @@ def kind_of(path: Path) -> str | None:
 # A directory that holds one of these is a report: its own result files are
 # at its top, and what lies below are the runs it was made of (a mutant's
 # JUnit, a test's own ksft.json or mutants.json), never a shard's results.
-# run.json marks a pytest run's log directory (the harness plugin writes it).
-REPORTS = ("mutants.json", "ksft.json", "run.json")
+# run.json marks a pytest run's log directory (the harness plugin writes it;
+# results-*.json mark one made before it did).
+REPORTS = ("mutants.json", "ksft.json", "run.json", "results-nipa.json", "results-kcidb.json")
 
 
 def result_files(top: Path) -> Iterator[Path]:
     """The result files in ``top`` and its subdirectories, down to the first
     report directory on each branch, in name order."""
-    entries = sorted(top.iterdir())
+    try:
+        entries = sorted(top.iterdir())
+    except OSError as e:
+        raise HarnessError(f"{top}: cannot read the directory: {e.strerror}") from None
     yield from (p for p in entries if p.is_file() and kind_of(p) is not None)
     if any((top / name).is_file() for name in REPORTS):
         return

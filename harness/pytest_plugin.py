@@ -167,7 +167,8 @@ class HarnessSession:
         """logs/<run>/ (``latest`` names it); under pytest-xdist, a worker's
         is logs/<run>/<gwN>/ in the run's the controller made."""
         if self._log_dir is None:
-            base = Path(self.config.getoption("harness_logs") or Path(self.config.rootpath) / "logs")
+            # absolute: guests are handed paths under it (a selftest install the pool shares)
+            base = Path(self.config.getoption("harness_logs") or Path(self.config.rootpath) / "logs").absolute()
             worker = getattr(self.config, "workerinput", {})
             if "harness_run" in worker:
                 self._log_dir = base / worker["harness_run"] / worker["workerid"]

@@ -19,11 +19,11 @@ def test_kernel_cmdline_under_kvm_has_no_periodic_tick_and_no_lpj_when_unknown()
     assert "harness.name=g" in args
 
 
-
 def test_kernel_cmdline_names_a_shared_path_stage_1_would_split():
-    for path in ("/tmp/a,b", "/tmp/a b"):
-        with pytest.raises(HarnessError, match="may not hold a comma or a blank"):
+    for path in ("/tmp/a,b", "/tmp/a b", "logs/run"):
+        with pytest.raises(HarnessError, match="must be absolute, with no comma or blank"):
             kernel_cmdline(name="g", accel="kvm", keep=[path])
+
 
 # -- lab renderers -----------------------------------------------------------
 from pathlib import Path  # noqa: E402
