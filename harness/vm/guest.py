@@ -237,9 +237,9 @@ def kernel_cmdline(*, name: str, accel: str, timing: Sequence[str] = (), modules
         # tick makes that rarer, and makes every CPU's tick count move, which
         # is how a boot that lost one anyway is told (_check_every_cpu_ticks)
         args.append("nohz=off")
-    for path in keep:  # stage 1 splits the list at commas, the kernel its command line at blanks
-        if re.search(r"[\s,]", path):
-            raise HarnessError(f"{path!r}: a host path a guest sees may not hold a comma or a blank")
+    for path in filter(None, keep):  # stage 1 splits the list at commas, the kernel its command line at blanks
+        if re.search(r"[\s,]", path) or not path.startswith("/"):
+            raise HarnessError(f"{path!r}: a host path a guest sees must be absolute, with no comma or blank")
     args += [f"harness.name={name}", f"harness.modules={modules}", f"harness.venv={venv}",
              "harness.keep=" + ",".join(dict.fromkeys(p for p in keep if p))]
     return args + extra.split()
@@ -264,7 +264,10 @@ class Guest(Endpoint):
         self.interfaces = list(interfaces)
         self.qemu_args = list(qemu_args)
         # host paths the guest reads even where its own tmpfs goes (/tmp, /run, /var/...)
-        self.shares = [str(p) for p in shares]
+        self.shares = [str(Path(p).resolve()) for p in shares]
+        for share in self.shares:
+            if not Path(share).is_dir():
+                raise HarnessError(f"guest {name}: shared path {share}: expected an existing directory")
         self.boot_timeout = boot_timeout
         # how many times slower than a plain guest on the machine the limits
         # were set on (a nested guest: measured by its host, harness.lab.nest)
