@@ -104,7 +104,7 @@ def test_lockless_qdisc_a_run_that_ends_at_its_quota_sends_the_rest_later(lab, d
     assert g1.check("sysctl -n net.core.dev_weight_tx_bias").stdout.strip() == "1"  # the quota is weight x bias
     queued = lambda: snapshot(g1).qdisc("eth0").qlen  # noqa: E731
     quiet = lambda: queued() == 0 and g1.check(f"cat {BQL}/inflight").stdout.strip() == "0"  # noqa: E731
-    # the NIC's speed at the default quota: how long what a burst left queued takes to drain
+    # the NIC's speed at the default quota: how long a full qdisc (and what is in flight) takes to drain
     send_from(g1, "eth0", "02:00:00:00:00:09", QUOTA_FRAMES)
     drain_s = wait_until(quiet, timeout=600)
     assert quiet(), f"eth0's qdisc holds {queued()} frames {drain_s:.0f} s after a burst at the default quota"
