@@ -8,10 +8,9 @@ read skb is followed to its free:
 - at the default net.core.skb_defer_max every one is freed on CPU 0, none on
   the reader's CPU;
 - skb_defer_max=0 disables deferral: none is freed through CPU 0's list;
-- skb_defer_max=4 bounds the list: no flush of it frees more than 4, the
-  bound is reached (some skbs are freed at once instead), and while the
-  sender's CPU sits idle an IPI, sent when the list is half full, makes it
-  free them.
+- skb_defer_max=4 bounds the list: a full list holds exactly 4 (some skbs
+  are freed at once instead), and while the sender's CPU sits idle an IPI,
+  sent when the list is half full and not before, makes it free them.
 
 Also a TCP stream with RFS at the default and at 0 (both complete, no
 splat), and the namespace holding one end deleted under a stream goes away
@@ -148,6 +147,9 @@ def test_defer_free_skb_defer_max_bounds_the_list_and_the_backlog_thread_is_kick
 
 def bounded_list_kicked_on_every_fill(guest):
     guest.check(f"sysctl -qw net.core.skb_defer_max={BOUND} net.core.rmem_max={BIG} net.core.wmem_max={BIG}")
+    # a list filled and flushed before the traced streams: from then on, what
+    # a flush leaves in the count is what the next list starts from
+    pinned_stream(guest, count=1, size=QUEUED, gap_ms=0, queued=QUEUED, chunk=1 << 20)
     for streams in range(1, STREAMS + 1):  # noqa: B007 (named in the failure)
         before = snapshot(guest)
         with trace_events(guest, [*SKB_FATES, "napi:napi_poll"]) as trace:
@@ -160,11 +162,19 @@ def bounded_list_kicked_on_every_fill(guest):
     freed = {id(e) for e in fates.frees}
     reads = [e for e in trace.events if e.name == "skb_copy_datagram_iovec" and e.cpu == READER]
     per_flush = batches(trace.events, SENDER, lambda e: id(e) in freed)
-    kicked = sum(1 for e in trace.events if id(e) in freed and e.cpu == SENDER
-                 and reads[0].timestamp <= e.timestamp <= reads[-1].timestamp)
+    while_reading = lambda e: reads[0].timestamp <= e.timestamp <= reads[-1].timestamp  # noqa: E731
+    kicked = sum(1 for e in trace.events if id(e) in freed and e.cpu == SENDER and while_reading(e))
+    # the flushes that came while the reader read (the last one may straddle its end)
+    kicked_flushes = batches(trace.events, SENDER, lambda e: id(e) in freed and while_reading(e))[:-1]
     # the state the bound exists for: the list was full (skbs were freed at once instead)
     assert fates.untraced > 0, f"the list never reached skb_defer_max={BOUND} in {streams} streams: {fates}"
-    assert max(per_flush) <= BOUND, f"one flush freed {max(per_flush)} deferred skbs; skb_defer_max is {BOUND}"
+    # a full list holds exactly the bound: each flush starts the count from 0 again
+    assert max(per_flush) == BOUND, f"flushes freed {per_flush} deferred skbs; skb_defer_max is {BOUND}"
+    # the kick comes as the skb after half the bound is queued, not before: what it flushes is more
+    # than half (here 3 or 4 each, in 6 runs)
+    assert kicked_flushes and min(kicked_flushes) > BOUND // 2, (
+        f"while the reader read, flushes freed {kicked_flushes} deferred skbs: a kick came before the list "
+        f"was half full (skb_defer_max {BOUND})")
     # every fill of the list is kicked: all but the last fill or two (one flushing as the reads
     # end) were freed while the reader read, more than two lists' worth (a kick that is not
     # re-armed leaves the list full for good; here 9 in 10 of the skbs read were freed so with
