@@ -155,24 +155,37 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state first), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def process_start(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks since boot, /proc/PID/stat
     field 22): with the pid, it names one process even after the pid is
     reused."""
+    fields = _stat_fields(pid)
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    try:
-        return int(stat.rsplit(")", 1)[1].split()[19])
+        return int(fields[19]) if fields else None
     except (IndexError, ValueError):
         return None
 
 
 def owner_alive(pid: int, start: int | None) -> bool:
-    """Whether the owner recorded as (pid, start) still runs: the pid exists
-    and, when its start was recorded, is the same process."""
+    """Whether the owner recorded as (pid, start) still runs: the pid exists,
+    is no zombie (an exited process its parent has not reaped holds
+    nothing), and, when its start was recorded, is the same process.  An
+    entry that cannot be read (gone just now) counts as alive: the next look
+    decides."""
     if not pid_alive(pid):
+        return False
+    fields = _stat_fields(pid)
+    if fields is None:
+        return True
+    if fields[0] in ("Z", "X"):
         return False
     return start is None or process_start(pid) in (None, start)
 

@@ -125,17 +125,6 @@ def _room_for(request: Share, held: list[Share], capacity: Capacity) -> bool:
                           and sum(s.memory_mb for s in others) + request.memory_mb <= capacity.memory_mb)
 
 
-def _running(pid: int, start: int | None) -> bool:
-    """The process that wrote a share still runs (not a zombie, not a reused pid)."""
-    if not owner_alive(pid, start):
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # another user's /proc entry, or gone just now: the next look decides
-    return state not in ("Z", "X")
-
-
 class Budget:
     """The host's vCPUs and memory: hold(vcpus, memory_mb) -> a release()."""
 
@@ -192,7 +181,7 @@ def reap_shares(root: Path = RUN_ROOT) -> list[str]:
     reaped = []
     for path, pid in share_owners(root).items():
         share = _share_in(path)
-        if not _running(pid, share.start if share is not None and share.pid == pid else None):
+        if not owner_alive(pid, share.start if share is not None and share.pid == pid else None):
             path.unlink(missing_ok=True)
             reaped.append(str(path))
     return reaped

@@ -5,10 +5,11 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
-from harness.util import HarnessError
+from harness.util import HarnessError, owner_alive, pid_alive, process_start
 from harness.vm.budget import Budget, Capacity, Share, auto_workers, fits
 
 HOST = Capacity(vcpus=4, memory_mb=4096)
@@ -107,6 +108,22 @@ def test_a_killed_holders_share_is_free_at_once(tmp_path):
     assert held.waited_s < 1.0
     held.release()
     assert list(tmp_path.iterdir()) == []  # the dead holder's file was reaped
+
+
+def test_a_holder_that_exited_unreaped_is_not_alive(tmp_path):
+    """A zombie (its parent has not waited for it yet) holds nothing: its
+    share is free, though its pid still exists."""
+    first = start_holder(tmp_path, 4, 600, env={"HARNESS_BUDGET_GROUP": ""})
+    assert first.stdout.readline().split()[0] == "HELD"
+    start = process_start(first.pid)
+    os.kill(first.pid, 9)
+    while Path(f"/proc/{first.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)
+    assert pid_alive(first.pid) and not owner_alive(first.pid, start)
+    held = Budget(tmp_path, Capacity(4, 4096)).hold(4, 512)
+    assert held.waited_s < 1.0
+    held.release()
+    first.wait()
 
 
 def test_a_dead_processes_shares_are_reaped_and_a_live_ones_kept(tmp_path):
