@@ -131,7 +131,7 @@ def test_defer_free_skb_defer_max_bounds_the_list_and_an_ipi_kicks_the_idle_cpu(
     the reader starts: while the reader reads, nothing runs NET_RX on the
     sender's CPU but the IPI its half-full list sends.  Streams until one
     filled the list (the IPI's flush can keep up with a reader)."""
-    bounded_list_kicked_on_every_fill(guest)
+    bounded_list_kicked_on_every_fill(guest, by_ipi=True)
 
 
 @pytest.mark.needs("CONFIG_VETH", "CONFIG_NET_NS", "CONFIG_FTRACE",
@@ -142,10 +142,10 @@ def test_defer_free_skb_defer_max_bounds_the_list_and_the_backlog_thread_is_kick
     half-full list's kick schedules the idle CPU's backlog thread instead of
     sending an IPI, and that thread's poll loop flushes the list."""
     assert guest.check("ps -eo comm | grep -c '^backlog_napi/'").stdout.strip() == "2"
-    bounded_list_kicked_on_every_fill(guest)
+    bounded_list_kicked_on_every_fill(guest, by_ipi=False)
 
 
-def bounded_list_kicked_on_every_fill(guest):
+def bounded_list_kicked_on_every_fill(guest, *, by_ipi: bool):
     guest.check(f"sysctl -qw net.core.skb_defer_max={BOUND} net.core.rmem_max={BIG} net.core.wmem_max={BIG}")
     # a list filled and flushed before the traced streams: from then on, what
     # a flush leaves in the count is what the next list starts from
@@ -170,9 +170,10 @@ def bounded_list_kicked_on_every_fill(guest):
     assert fates.untraced > 0, f"the list never reached skb_defer_max={BOUND} in {streams} streams: {fates}"
     # a full list holds exactly the bound: each flush starts the count from 0 again
     assert max(per_flush) == BOUND, f"flushes freed {per_flush} deferred skbs; skb_defer_max is {BOUND}"
-    # the kick comes as the skb after half the bound is queued, not before: what it flushes is more
-    # than half (here 3 or 4 each, in 6 runs)
-    assert kicked_flushes and min(kicked_flushes) > BOUND // 2, (
+    # the kick comes as the skb after half the bound is queued, not before: what the IPI's one
+    # flush frees is more than half (3 or 4 each in 8 runs here).  A woken backlog thread flushes
+    # again each time round its poll loop, whatever the list holds then (1 in one CI run).
+    assert not by_ipi or (kicked_flushes and min(kicked_flushes) > BOUND // 2), (
         f"while the reader read, flushes freed {kicked_flushes} deferred skbs: a kick came before the list "
         f"was half full (skb_defer_max {BOUND})")
     # every fill of the list is kicked: all but the last fill or two (one flushing as the reads
